@@ -1,0 +1,58 @@
+"""Linear merging (model soup / weighted averaging).
+
+Wortsman et al., "Model soups: averaging weights of multiple fine-tuned models improves accuracy
+without increasing inference time", ICML 2022, https://arxiv.org/abs/2203.05482.
+
+    merged = Σ_i w_i θ_i / Σ_i w_i        (the division only with `normalize: true`, the default)
+
+mergekit semantics: computed in float32 (float64 for float64 inputs) and cast back; a `base_model`
+that is not listed under `models` is merged as one more input whose weight comes from the top-level
+`parameters`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from pydantic import Field
+
+from prefkit.api import Params, TensorInfo, TensorMethod, WeightParams, hookimpl
+
+
+class LinearParams(Params):
+    normalize: bool = Field(True, description="Divide by the sum of the weights.")
+
+
+class LinearMethod(TensorMethod):
+    name = "linear"
+    aliases = ("averaging",)
+    summary = "Weighted average of the models' weights (model soup)."
+    reference_url = "https://arxiv.org/abs/2203.05482"
+    base = "input"
+    Params = LinearParams
+    ModelParams = WeightParams
+
+    def merge(
+        self,
+        tensors: Sequence[torch.Tensor],
+        *,
+        base: torch.Tensor | None,
+        params: LinearParams,
+        model_params: Sequence[WeightParams],
+        info: TensorInfo,
+    ) -> torch.Tensor:
+        first = tensors[0]
+        dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
+        weights = torch.tensor([p.weight for p in model_params], dtype=dtype)
+        result = torch.zeros_like(first, dtype=dtype)
+        for tensor, weight in zip(tensors, weights):
+            result.addcmul_(tensor, weight)
+        if params.normalize:
+            result.div_(weights.sum())
+        return result.to(first.dtype)
+
+
+@hookimpl
+def prefkit_register_methods(register):
+    register(LinearMethod())

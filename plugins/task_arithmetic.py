@@ -1,0 +1,56 @@
+"""Task arithmetic: add weighted task vectors to the base.
+
+Ilharco et al., "Editing Models with Task Arithmetic", ICLR 2023, https://arxiv.org/abs/2212.04089.
+
+    τ_i = θ_i − θ_0,   merged = θ_0 + λ · Σ_i w_i τ_i   (/ Σ_i w_i with `normalize: true`)
+
+mergekit semantics (0.1.5): `normalize` defaults to false; a weight sum below 1e-8 is not divided by.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from pydantic import Field
+
+from prefkit.api import Params, TensorInfo, TensorMethod, WeightParams, hookimpl
+from prefkit.ops import weighted_task_vectors
+
+
+class TaskArithmeticParams(Params):
+    normalize: bool = Field(False, description="Divide the weighted sum by the sum of the weights.")
+    lambda_: float = Field(1.0, alias="lambda", description="Scale of the merged task vector.")
+    int8_mask: bool = Field(False, description="Accepted for mergekit compatibility; no effect.")
+    rescale: bool = Field(False, description="Accepted for mergekit compatibility; no effect.")
+
+
+class TaskArithmeticMethod(TensorMethod):
+    name = "task_arithmetic"
+    summary = "Base plus the weighted sum of task vectors, scaled by lambda."
+    reference_url = "https://arxiv.org/abs/2212.04089"
+    Params = TaskArithmeticParams
+    ModelParams = WeightParams
+
+    def merge(
+        self,
+        tensors: Sequence[torch.Tensor],
+        *,
+        base: torch.Tensor,
+        params: TaskArithmeticParams,
+        model_params: Sequence[WeightParams],
+        info: TensorInfo,
+    ) -> torch.Tensor:
+        deltas, w = weighted_task_vectors(tensors, base, [p.weight for p in model_params])
+        mixed = deltas.sum(dim=0)
+        if params.normalize:
+            divisor = w.sum()
+            mixed /= divisor if divisor.abs() >= 1e-8 else 1.0
+        if params.lambda_ != 1:
+            mixed *= params.lambda_
+        return (base + mixed).to(base.dtype)
+
+
+@hookimpl
+def prefkit_register_methods(register):
+    register(TaskArithmeticMethod())

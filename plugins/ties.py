@@ -1,0 +1,206 @@
+"""TIES-Merging: trim, elect sign, disjoint merge.
+
+Yadav et al., "TIES-Merging: Resolving Interference When Merging Models", NeurIPS 2023,
+https://arxiv.org/abs/2306.01708.
+
+1. Trim: keep the k = max(1, ⌊density·n⌋) largest-magnitude entries of each task vector
+   τ_i = θ_i − θ_0, either per tensor (`trim: tensor`, mergekit's behaviour) or over the whole task
+   vector (`trim: global`, the paper's). Ties at the cut-off keep the lowest flat indices first
+   (tensors taken in sorted name order for `global`).
+2. Elect: per entry, the sign of Σ_i w_i τ̂_i (`consensus: sum`, ≥ 0 elects +) or the majority of
+   signs (`consensus: count`).
+3. Disjoint merge: θ_0 + λ · Σ_i w_i τ̂_i [agrees] / Σ_i w_i [agrees]  (the division with `normalize`).
+
+Global trimming streams: a pre-pass histograms the float32 bit patterns of |τ_i| (monotonic for
+non-negative floats) in two rounds, 2^15 high-bit bins then 2^16 low-bit bins inside the bin that
+holds the k-th largest entry, which gives each model's exact threshold without holding a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from prefkit.api import Params, Scan, TensorInfo, TensorMethod, hookimpl
+from prefkit.ops import magnitude_magnitudes, rescale_l1, sign_consensus, topk_mask
+
+
+class TiesParams(Params):
+    normalize: bool = Field(True, description="Divide by the weights of the agreeing models.")
+    lambda_: float = Field(1.0, alias="lambda", description="Scale of the merged task vector.")
+    consensus: Literal["sum", "count"] = Field("sum", description="Sign election rule.")
+    trim: Literal["tensor", "global"] = Field(
+        "tensor", description="Top-k per tensor (mergekit) or over each whole task vector (paper)."
+    )
+    rescale: bool = Field(False, description="Rescale trimmed task vectors to their L1 norm.")
+    int8_mask: bool = Field(False, description="Accepted for mergekit compatibility; no effect.")
+
+
+class TiesModelParams(Params):
+    weight: float = Field(description="Weight of this model's task vector.")
+    density: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of entries kept by trimming.")
+
+
+@dataclass
+class GlobalThresholds:
+    """Per model: the exact k-th largest |τ| (None: keep all) and how many entries equal to it
+    may still be kept (consumed in merge order)."""
+
+    thresholds: list[float | None]
+    ties_left: list[int] = field(default_factory=list)
+
+
+def _bits(delta: torch.Tensor) -> torch.Tensor:
+    return magnitude_magnitudes(delta).float().view(torch.int32)
+
+
+class TiesMethod(TensorMethod):
+    name = "ties"
+    summary = "TIES: trim task vectors to top-k, elect signs, average the agreeing entries."
+    reference_url = "https://arxiv.org/abs/2306.01708"
+    Params = TiesParams
+    ModelParams = TiesModelParams
+    param_aliases = {"k": "density", "lambda_merge": "lambda"}
+
+    def check(self, resolved: Sequence[tuple[TensorInfo, TiesParams, Sequence[TiesModelParams]]]):
+        """Global trimming needs one `trim` and one density per model over the whole vector."""
+        trims = {params.trim for _, params, _ in resolved}
+        if len(trims) > 1:
+            raise ValueError("trim must be one value for every tensor (no filters or gradients)")
+        if trims == {"global"}:
+            densities = {tuple(mp.density for mp in mps) for _, _, mps in resolved}
+            if len(densities) > 1:
+                raise ValueError(
+                    "with trim: global, density must be one value per model for the whole task "
+                    "vector (no filters or gradients)"
+                )
+
+    def prepare(self, scan: Scan, params: TiesParams) -> GlobalThresholds | None:
+        if params.trim != "global":
+            return None
+        high: list[torch.Tensor] | None = None
+        counts: list[int] = []
+        densities: list[float] = []
+        for item in scan():
+            if high is None:
+                m = len(item.tensors)
+                high = [torch.zeros(1 << 15, dtype=torch.int64) for _ in range(m)]
+                counts = [0] * m
+                densities = [mp.density for mp in item.model_params]
+            for i, tensor in enumerate(item.tensors):
+                bits = _bits(tensor - item.base)
+                high[i] += torch.bincount(bits >> 16, minlength=1 << 15)
+                counts[i] += bits.numel()
+        if high is None:
+            return GlobalThresholds([], [])
+        ks = [_keep_count(d, n) for d, n in zip(densities, counts)]
+        # Round 1: the high-bit bin that holds each model's k-th largest magnitude.
+        bins: list[int | None] = []
+        above: list[int] = []
+        for i, k in enumerate(ks):
+            if k is None or k == 0:
+                bins.append(None)
+                above.append(0)
+                continue
+            from_top = torch.flip(high[i], [0]).cumsum(0)
+            idx = int(torch.searchsorted(from_top, k))
+            bins.append((1 << 15) - 1 - idx)
+            above.append(int(from_top[idx - 1]) if idx > 0 else 0)
+        # Round 2: the exact low bits inside that bin.
+        low = [torch.zeros(1 << 16, dtype=torch.int64) for _ in ks]
+        if any(b is not None for b in bins):
+            for item in scan():
+                for i, tensor in enumerate(item.tensors):
+                    if bins[i] is None:
+                        continue
+                    bits = _bits(tensor - item.base)
+                    inside = bits[(bits >> 16) == bins[i]]
+                    low[i] += torch.bincount(inside & 0xFFFF, minlength=1 << 16)
+        thresholds: list[float | None] = []
+        ties_left: list[int] = []
+        for i, k in enumerate(ks):
+            if k is None:  # density 1: keep everything
+                thresholds.append(None)
+                ties_left.append(0)
+            elif k == 0:  # density 0: keep nothing
+                thresholds.append(float("inf"))
+                ties_left.append(0)
+            else:
+                from_top = torch.flip(low[i], [0]).cumsum(0) + above[i]
+                idx = int(torch.searchsorted(from_top, k))
+                low_bits = (1 << 16) - 1 - idx
+                greater = int(from_top[idx - 1]) if idx > 0 else above[i]
+                value = torch.tensor([(bins[i] << 16) | low_bits], dtype=torch.int32)
+                thresholds.append(float(value.view(torch.float32)))
+                ties_left.append(k - greater)
+        return GlobalThresholds(thresholds, ties_left)
+
+    def merge(
+        self,
+        tensors: Sequence[torch.Tensor],
+        *,
+        base: torch.Tensor,
+        params: TiesParams,
+        model_params: Sequence[TiesModelParams],
+        info: TensorInfo,
+    ) -> torch.Tensor:
+        trimmed = []
+        for i, (tensor, mp) in enumerate(zip(tensors, model_params)):
+            delta = tensor - base
+            if params.trim == "global":
+                mask = _global_mask(delta, info.state, i)
+            else:
+                mask = _tensor_mask(delta, mp.density)
+            if mask is not None:
+                kept = delta * mask
+                delta = rescale_l1(kept, delta) if params.rescale else kept
+            trimmed.append(delta)
+        deltas = torch.stack(trimmed)
+        weights = torch.tensor([mp.weight for mp in model_params], dtype=deltas.dtype)
+        weights = weights.reshape(-1, *([1] * base.dim()))
+        deltas.mul_(weights)
+        agree = sign_consensus(deltas, params.consensus)
+        mixed = (deltas * agree).sum(dim=0)
+        if params.normalize:
+            divisor = (weights * agree).sum(dim=0)
+            divisor[divisor == 0] = 1
+            mixed /= divisor
+        if params.lambda_ != 1:
+            mixed *= params.lambda_
+        return (base + mixed).to(base.dtype)
+
+
+def _keep_count(density: float, n: int) -> int | None:
+    """Entries kept out of n (mergekit's rule), or None for 'all'."""
+    if density >= 1:
+        return None
+    if density <= 0 or n == 0:
+        return 0
+    return max(1, int(density * n))
+
+
+def _tensor_mask(delta: torch.Tensor, density: float) -> torch.Tensor | None:
+    k = _keep_count(density, delta.numel())
+    return None if k is None else topk_mask(delta, k)
+
+
+def _global_mask(delta: torch.Tensor, state: GlobalThresholds, i: int) -> torch.Tensor | None:
+    threshold = state.thresholds[i]
+    if threshold is None:
+        return None
+    mag = magnitude_magnitudes(delta).float()
+    mask = mag > threshold
+    if state.ties_left[i] > 0:
+        equal = torch.nonzero(mag == threshold).flatten()[: state.ties_left[i]]
+        mask[equal] = True
+        state.ties_left[i] -= equal.numel()
+    return mask.reshape(delta.shape)
+
+
+@hookimpl
+def prefkit_register_methods(register):
+    register(TiesMethod())

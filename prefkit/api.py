@@ -1,0 +1,140 @@
+"""What plugins implement. Plugins import only from here (and `prefkit.errors`).
+
+A tensor method is a pure function of one tensor name across the input models::
+
+    class MyParams(Params):
+        scale: float = 1.0
+
+    class MyMethod(TensorMethod):
+        name = "my_method"
+        summary = "One line shown by `prefkit methods`."
+        reference_url = "https://arxiv.org/abs/..."
+        Params = MyParams
+        ModelParams = WeightParams
+
+        def merge(self, tensors, *, base, params, model_params, info):
+            ...
+
+    @hookimpl
+    def prefkit_register_methods(register):
+        register(MyMethod())
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import pluggy
+from pydantic import BaseModel, ConfigDict, Field
+
+hookimpl = pluggy.HookimplMarker("prefkit")
+
+
+class Params(BaseModel):
+    """Base class of every method's parameter models: unknown keys are errors, values frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class NoParams(Params):
+    """For methods that take no parameters of a kind."""
+
+
+class WeightParams(Params):
+    """The per-model parameter every weighted method shares."""
+
+    weight: float = Field(description="Weight of this model's tensor (or task vector).")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Names the tensor being merged, so per-layer behaviour is possible.
+
+    Attributes:
+        name: the output tensor name, e.g. ``roberta.encoder.layer.3.attention.self.query.weight``.
+        layer: index of the transformer block the tensor belongs to, or None (embeddings, heads).
+        t: the tensor's position in the layer stack in [0, 1] (mergekit's gradient coordinate:
+            layer / (num_layers - 1); 0 for tensors outside the layers).
+        models: the labels of the input models, in recipe order.
+        state: what the method's `prepare` returned (None when it has no pre-pass).
+    """
+
+    name: str
+    layer: int | None
+    t: float
+    models: tuple[str, ...]
+    state: Any = None
+
+
+@dataclass(frozen=True)
+class ScanItem:
+    """One tensor group seen by a pre-pass (`TensorMethod.prepare`)."""
+
+    info: TensorInfo
+    tensors: Sequence[Any]  # torch.Tensor, one per model, already in the compute dtype
+    base: Any  # torch.Tensor or None
+    model_params: Sequence[Params]
+
+
+Scan = Callable[[], Iterator[ScanItem]]
+
+
+class TensorMethod(abc.ABC):
+    """A method merged tensor by tensor by the streaming executor.
+
+    Class attributes:
+        name: the recipe name (`merge_method:`), snake_case.
+        aliases: other accepted names (e.g. ``averaging`` for ``linear``).
+        summary: one line for `prefkit methods`.
+        reference_url: the paper.
+        base: "required" (task-vector methods), or "input" (mergekit's linear: a `base_model`
+            that is not among `models` is merged as one more input).
+        Params: parameters shared by all models (top-level `parameters:` only).
+        ModelParams: parameters with a value per model (per-model `parameters:` or top level).
+        param_aliases: accepted alternative parameter names, mapped to the canonical ones.
+    """
+
+    kind: ClassVar[str] = "tensor"
+    name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
+    summary: ClassVar[str] = ""
+    reference_url: ClassVar[str] = ""
+    base: ClassVar[Literal["required", "input"]] = "required"
+    Params: ClassVar[type[Params]] = NoParams
+    ModelParams: ClassVar[type[Params]] = NoParams
+    param_aliases: ClassVar[dict[str, str]] = {}
+
+    def prepare(self, scan: Scan, params: Params) -> Any:
+        """Optional pre-pass over every tensor group before the merge (e.g. global TIES trimming).
+
+        `scan()` re-reads the inputs and yields one `ScanItem` per tensor, in plan order; nothing
+        is kept in memory unless the method keeps it. Whatever this returns reaches `merge` as
+        `info.state`. The default needs no pre-pass.
+        """
+        return None
+
+    @abc.abstractmethod
+    def merge(
+        self,
+        tensors: Sequence[Any],
+        *,
+        base: Any,
+        params: Params,
+        model_params: Sequence[Params],
+        info: TensorInfo,
+    ) -> Any:
+        """Merge one tensor across models; must not modify its inputs.
+
+        Args:
+            tensors: one tensor per model (recipe order), all of one shape, in the compute dtype.
+            base: the base model's tensor (same shape and dtype) or None.
+            params: the shared parameters resolved for this tensor.
+            model_params: per-model parameters resolved for this tensor, one per model.
+            info: the tensor's name, layer, t and the pre-pass state.
+
+        Returns:
+            The merged tensor, same shape; the executor casts it to the output dtype.
+        """

@@ -1,0 +1,168 @@
+"""The `prefkit` command line: parses, calls the library, prints. No merge logic lives here."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Callable
+
+import click
+
+import prefkit
+from prefkit.errors import ExitCode, PrefkitError, RecipeErrors
+
+RegistryFactory = Callable[[], "prefkit.registry.Registry"]
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """`5GB`, `500MB`, `2GiB`, `1000` → bytes."""
+    match = _SIZE.match(text)
+    if not match:
+        raise click.BadParameter(f"{text!r} is not a size such as 5GB or 500MB")
+    number, unit = float(match.group(1)), match.group(2).upper()
+    base = 1024 if "I" in unit else 1000
+    power = {"": 0, "B": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit.rstrip("B").rstrip("I") or ""]
+    return int(number * base**power)
+
+
+def _default_registry():
+    from prefkit.registry import load_registry
+
+    return load_registry()
+
+
+def _echo_err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def build_cli(registry_factory: RegistryFactory = _default_registry) -> click.Group:
+    """The click group; tests pass their own registry factory (no global state)."""
+    cache: dict[str, object] = {}
+
+    def registry():
+        if "registry" not in cache:
+            cache["registry"] = registry_factory()
+            for plugin, error in cache["registry"].failed.items():
+                _echo_err(f"Warning: plugin {plugin!r} failed to load: {error}")
+        return cache["registry"]
+
+    @click.group(cls=_PrefkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+    @click.version_option(prefkit.__version__, prog_name="prefkit")
+    @click.option("--traceback", is_flag=True, help="Show the full traceback of errors.")
+    def cli(traceback: bool) -> None:
+        """Merge fine-tuned models for a preference over tasks.
+
+        Recipes are mergekit YAML plus prefkit's keys (task, preference, heads, output).
+        """
+
+    @cli.command()
+    @click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False))
+    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                  help="Override a recipe key, e.g. parameters.density=0.3 or preference=[0.8,0.2].")
+    def validate(recipes: tuple[str, ...], overrides: tuple[str, ...]) -> None:
+        """Check recipes (schema, method, parameters, preference) without reading any model."""
+        from prefkit.plan import check
+        from prefkit.recipe import load_recipe
+
+        worst = ExitCode.OK
+        for path in recipes:
+            try:
+                check(load_recipe(path, overrides), registry())
+                click.echo(f"{path}: ok")
+            except PrefkitError as exc:
+                _report(exc)
+                worst = max(worst, exc.exit_code)
+        if worst:
+            sys.exit(worst)
+
+    @cli.command()
+    @click.argument("recipe", type=click.Path(dir_okay=False))
+    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")
+    @click.option("-o", "--output", type=click.Path(file_okay=False), help="Output folder.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+    def plan(recipe: str, overrides: tuple[str, ...], output: str | None, as_json: bool) -> None:
+        """Show which tensors a recipe merges, from which files, shapes, bytes and parameters."""
+        from prefkit.commands.plan_view import print_plan
+        from prefkit.plan import resolve
+        from prefkit.recipe import load_recipe
+
+        print_plan(resolve(load_recipe(recipe, overrides), registry(), output), as_json)
+
+    @cli.command()
+    @click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False))
+    @click.option("-o", "--output", type=click.Path(file_okay=False),
+                  help="Output folder (one recipe only); default: the recipe's output:.")
+    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                  help="Override a recipe key, e.g. parameters.density=0.3 or preference=[0.8,0.2].")
+    @click.option("--force", is_flag=True, help="Replace an existing output folder.")
+    @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+    @click.option("--max-shard-size", default="5GB", show_default=True, callback=lambda c, p, v: parse_size(v),
+                  help="Largest output shard.")
+    def run(recipes, output, overrides, force, quiet, max_shard_size) -> None:
+        """Merge each recipe; one JSON result line per recipe on stdout.
+
+        All recipes are validated first; a failing recipe does not stop the others, and the exit
+        code is the worst one.
+        """
+        from prefkit.commands.run_batch import run_batch
+
+        if output and len(recipes) > 1:
+            raise click.UsageError("-o/--output takes one recipe; set output: in each recipe instead")
+        code = run_batch(recipes, registry(), output=output, overrides=overrides, force=force,
+                         quiet=quiet, max_shard_bytes=max_shard_size, report=_report)
+        if code:
+            sys.exit(code)
+
+    @cli.command()
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    def methods(as_json: bool) -> None:
+        """List every registered merge method and the plugin that provides it."""
+        rows = []
+        for name, reg in sorted(registry().methods.items()):
+            m = reg.method
+            rows.append({"name": name, "kind": m.kind, "aliases": list(getattr(m, "aliases", ())),
+                         "plugin": reg.plugin, "distribution": reg.distribution,
+                         "summary": m.summary, "reference_url": m.reference_url})
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("method", "kind", "plugin", "summary")
+        for row in rows:
+            aliases = f" ({', '.join(row['aliases'])})" if row["aliases"] else ""
+            table.add_row(row["name"] + aliases, row["kind"], row["plugin"], row["summary"])
+        Console(width=160).print(table)
+
+    return cli
+
+
+class _PrefkitGroup(click.Group):
+    """Turns a PrefkitError from any command into one line on stderr and its exit code
+    (the full traceback with --traceback or PREFKIT_DEBUG=1). Other exceptions are bugs."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PrefkitError as exc:
+            if ctx.params.get("traceback") or os.environ.get("PREFKIT_DEBUG") == "1":
+                raise
+            _report(exc)
+            ctx.exit(int(exc.exit_code))
+
+
+def _report(exc: PrefkitError) -> None:
+    if isinstance(exc, RecipeErrors):
+        for error in exc.errors:
+            _echo_err(f"Error: {error}")
+    else:
+        _echo_err(f"Error: {exc}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    build_cli()(args=argv, prog_name="prefkit")

@@ -1,0 +1,82 @@
+"""The error tree. Every error a user can cause is a PrefkitError; `cli.main` turns one into a
+single line on stderr and an exit code. Anything else is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    MERGE_FAILED = 1
+    USAGE = 2
+    INVALID_RECIPE = 3
+    PLUGIN = 4
+
+
+class PrefkitError(Exception):
+    """Base class: `message` says what failed and where, `hint` what to do next."""
+
+    exit_code: ExitCode = ExitCode.MERGE_FAILED
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class RecipeError(PrefkitError):
+    """A recipe is malformed; `where` is `file:line:col` and `field` the dotted key path."""
+
+    exit_code = ExitCode.INVALID_RECIPE
+
+    def __init__(self, message: str, *, where: str = "", field: str = "", hint: str | None = None):
+        self.where = where
+        self.field = field
+        prefix = ": ".join(p for p in (where, field) if p)
+        super().__init__(f"{prefix}: {message}" if prefix else message, hint)
+
+
+class RecipeErrors(PrefkitError):
+    """Several recipe errors found in one pass (validation reports all of them at once)."""
+
+    exit_code = ExitCode.INVALID_RECIPE
+
+    def __init__(self, errors: list[RecipeError]):
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+class UnknownMethodError(RecipeError):
+    pass
+
+
+class PluginError(PrefkitError):
+    """A plugin failed to load or broke the hook contract."""
+
+    exit_code = ExitCode.PLUGIN
+
+    def __init__(self, message: str, *, plugin: str = "", hint: str | None = None):
+        self.plugin = plugin
+        super().__init__(message, hint)
+
+
+class DuplicateMethodError(PluginError):
+    pass
+
+
+class CheckpointError(PrefkitError):
+    """An input checkpoint is missing, unreadable or inconsistent (names file and tensor)."""
+
+
+class OutputError(PrefkitError):
+    """The output location cannot be written (exists without --force, not writable)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class MergeError(PrefkitError):
+    """A method raised while merging one tensor; names method, plugin and tensor."""

@@ -1,0 +1,216 @@
+"""The streaming executor: one tensor group in memory at a time, output bytes straight to disk.
+
+For each planned tensor: read its inputs (memory-mapped), cast to the compute dtype, zero-pad heads,
+call the method's `merge`, cast to the output dtype and append to the open shard. The next group is
+read on a background thread while the current one is merged. Output goes to a temporary sibling
+folder that is renamed into place only when complete, so a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+import prefkit
+from prefkit.api import ScanItem
+from prefkit.errors import MergeError, OutputError, PrefkitError
+from prefkit.io.checkpoint import TensorMeta, TensorReader
+from prefkit.io.hub import TOKENIZER_FILES
+from prefkit.io.writer import OutTensor, ShardWriter, plan_shards
+from prefkit.plan import Plan, TensorPlan, fingerprint
+from prefkit.progress import NullReporter, Reporter
+
+DEFAULT_SHARD_BYTES = 5 * 1000**3
+
+
+@dataclass(frozen=True)
+class RunResult:
+    output: Path
+    tensors: int
+    bytes_written: int
+    seconds: float
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+class _Loader:
+    """Reads a tensor group: inputs and base in the compute dtype, heads zero-padded."""
+
+    def __init__(self, has_base: bool):
+        self.reader = TensorReader()
+        self.has_base = has_base
+
+    def _read(self, meta: TensorMeta | None, plan: TensorPlan):
+        import torch
+
+        dtype = _torch_dtype(plan.compute_dtype)
+        if meta is None:
+            return torch.zeros(plan.shape, dtype=dtype)
+        tensor = self.reader.read(meta)
+        if tensor.dtype != dtype:
+            tensor = tensor.to(dtype)
+        if tuple(tensor.shape) != plan.shape:
+            padded = torch.zeros(plan.shape, dtype=dtype)
+            padded[tuple(slice(0, d) for d in tensor.shape)] = tensor
+            tensor = padded
+        return tensor
+
+    def load(self, plan: TensorPlan):
+        if plan.copy:
+            return [self.reader.read(plan.base or plan.sources[0])], None
+        tensors = [self._read(meta, plan) for meta in plan.sources]
+        base = self._read(plan.base, plan) if (plan.base is not None or self.has_base) else None
+        return tensors, base
+
+
+def execute(plan: Plan, *, reporter: Reporter | None = None, force: bool = False,
+            max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> RunResult:
+    """Run a Plan and write its output folder.
+
+    Raises:
+        OutputError: the output exists and `force` is false.
+        MergeError / CheckpointError: a method or an input failed; nothing is left behind.
+    """
+    reporter = reporter or NullReporter()
+    out = plan.output
+    if out.exists() and not force:
+        raise OutputError(f"output {out} already exists", hint="pass --force to replace it, or -o")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.prefkit-tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    started = time.perf_counter()
+    try:
+        total = _write_tensors(plan, tmp, reporter, max_shard_bytes)
+        seconds = time.perf_counter() - started
+        _write_side_files(plan, tmp, seconds)
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        reporter.finish()
+    return RunResult(out, len(plan.tensors), total, seconds)
+
+
+def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes: int) -> int:
+    outs = [OutTensor(p.name, p.out_dtype, p.shape) for p in plan.tensors]
+    shards = plan_shards(outs, max_shard_bytes)
+    writer = ShardWriter(folder, shards, {
+        "format": "pt", "prefkit_version": prefkit.__version__,
+        "recipe_sha256": plan.loaded.digest,
+    })
+    method = plan.method.method
+    has_base = plan.base is not None and method.base == "required"
+    loader = _Loader(has_base)
+    state = method.prepare(lambda: _scan(plan, _Loader(has_base)), plan.shared_params)
+    total = sum(o.nbytes for o in outs)
+    reporter.start(len(outs), total, f"{method.name} → {plan.output}")
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefkit-read") as pool:
+            pending = pool.submit(loader.load, plan.tensors[0]) if plan.tensors else None
+            for i, tp in enumerate(plan.tensors):
+                tensors, base = pending.result()
+                if i + 1 < len(plan.tensors):
+                    pending = pool.submit(loader.load, plan.tensors[i + 1])
+                if tp.copy:
+                    result = tensors[0]
+                else:
+                    result = _merge_one(plan, tp, tensors, base, state)
+                    result = result.to(_torch_dtype(tp.out_dtype))
+                writer.write(tp.name, result)
+                reporter.advance(tp.name, outs[i].nbytes)
+                del tensors, base, result
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        loader.reader.close()
+    return total
+
+
+def _merge_one(plan: Plan, tp: TensorPlan, tensors, base, state):
+    from dataclasses import replace
+
+    method = plan.method.method
+    info = replace(tp.info, state=state) if state is not None else tp.info
+    try:
+        result = method.merge(tensors, base=base, params=tp.params, model_params=tp.model_params,
+                              info=info)
+    except PrefkitError:
+        raise
+    except Exception as exc:
+        raise MergeError(
+            f"method {method.name!r} (plugin {plan.method.plugin!r}) failed on tensor "
+            f"{tp.name!r}: {type(exc).__name__}: {exc}",
+            hint="run with --traceback for details; report it to the plugin's authors",
+        ) from exc
+    if tuple(result.shape) != tp.shape:
+        raise MergeError(f"method {method.name!r} returned shape {list(result.shape)} for tensor "
+                         f"{tp.name!r}, expected {list(tp.shape)}")
+    return result
+
+
+def _scan(plan: Plan, loader: _Loader):
+    """Yield every mergeable tensor group for a method's pre-pass, re-reading the inputs."""
+    try:
+        for tp in plan.tensors:
+            if tp.copy:
+                continue
+            tensors, base = loader.load(tp)
+            yield ScanItem(tp.info, tensors, base, tp.model_params)
+    finally:
+        loader.reader.close()
+
+
+def _write_side_files(plan: Plan, folder: Path, seconds: float) -> None:
+    if plan.out_config is not None:
+        (folder / "config.json").write_text(json.dumps(plan.out_config, indent=2, sort_keys=True) + "\n")
+    if plan.tokenizer_source is not None:
+        for pattern in TOKENIZER_FILES:
+            for file in sorted(plan.tokenizer_source.glob(pattern)):
+                shutil.copyfile(file, folder / file.name)
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(plan.loaded.data, sort_keys=False))
+    models = [m for m in (plan.base, *plan.inputs) if m is not None]
+    provenance = {
+        "prefkit_version": prefkit.__version__,
+        "method": plan.method.method.name,
+        "plugin": plan.method.plugin,
+        "recipe": str(plan.loaded.path),
+        "recipe_sha256": plan.loaded.digest,
+        "plan_sha256": plan.digest,
+        "inputs": [{"model": m.label, "path": str(m.path), "task": m.task,
+                    "fingerprint": fingerprint(m.checkpoint),
+                    "role": "base" if m is plan.base else "model"} for m in models],
+        "preference": plan.loaded.recipe.preference,
+        "notes": list(plan.notes),
+        "timings": {"merge_seconds": round(seconds, 3)},
+    }
+    (folder / "prefkit.json").write_text(json.dumps(provenance, indent=2) + "\n")
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move the finished folder into place; an old output (with --force) goes only after."""
+    if out.exists():
+        old = out.parent / f".{out.name}.prefkit-old-{os.getpid()}"
+        out.rename(old)
+        try:
+            tmp.rename(out)
+        except BaseException:
+            old.rename(out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)

@@ -1,0 +1,1 @@
+"""Reading checkpoints (index, lazy shard reader, hub fetch) and writing merged shards."""

@@ -1,0 +1,77 @@
+"""Model references: a local folder, or a hub id fetched into the standard Hugging Face cache."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from prefkit.errors import CheckpointError
+
+TOKENIZER_FILES = [
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.json", "vocab.txt", "merges.txt", "*.model",
+]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+
+def resolve_local(ref: str, recipe_dir: Path) -> Path | None:
+    """A local folder for `ref`: relative to the recipe's folder first, then the working directory."""
+    candidate = Path(ref).expanduser()
+    if candidate.is_absolute():
+        return candidate if candidate.exists() else None
+    for root in (recipe_dir, Path.cwd()):
+        if (root / candidate).exists():
+            return (root / candidate).resolve()
+    return None
+
+
+def is_hub_id(ref: str) -> bool:
+    return bool(_HUB_ID.match(ref)) and not ref.startswith((".", "/", "~"))
+
+
+def fetch_model(ref: str) -> Path:
+    """Download (or find in the cache) the weights, config and tokenizer of a hub model.
+
+    Safetensors weights are preferred; a repo with only `pytorch_model*.bin` gets those. With
+    `HF_HUB_OFFLINE=1` only the local cache is used.
+    """
+    from huggingface_hub import HfApi, snapshot_download
+
+    repo_id, _, revision = ref.partition("@")
+    revision = revision or None
+    try:
+        try:
+            files = HfApi().list_repo_files(repo_id, revision=revision)
+            has_safetensors = any(f.endswith(".safetensors") for f in files)
+            local_only = False
+        except Exception:  # offline or unreachable: try the cache
+            has_safetensors, local_only = True, True
+        weights = ["*.safetensors", "model.safetensors.index.json"] if has_safetensors else [
+            "pytorch_model*.bin", "pytorch_model.bin.index.json"]
+        path = Path(snapshot_download(
+            repo_id, revision=revision, local_files_only=local_only,
+            allow_patterns=[*weights, "config.json", *TOKENIZER_FILES],
+        ))
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(
+            f"model {ref!r} is not a local folder and could not be fetched from the Hugging Face "
+            f"hub ({type(exc).__name__}{': ' + first_line if first_line else ''})",
+            hint="check the path or hub id; offline, download it first into the HF cache",
+        ) from exc
+    if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+        raise CheckpointError(f"model {ref!r}: the hub repo has no safetensors or .bin weights")
+    return path
+
+
+def resolve_model(ref: str, recipe_dir: Path) -> Path:
+    """Turn a recipe's `model:` string into a local checkpoint folder."""
+    local = resolve_local(ref, recipe_dir)
+    if local is not None:
+        return local
+    if is_hub_id(ref):
+        return fetch_model(ref)
+    raise CheckpointError(
+        f"model {ref!r}: no such folder (looked in {recipe_dir} and {Path.cwd()})",
+        hint="give a checkpoint folder or a hub id such as org/name",
+    )

@@ -1,0 +1,119 @@
+"""Streaming safetensors writer: shapes and dtypes are known from the plan, so every shard's
+header is written first and tensor bytes are appended as the merge produces them. No shard is
+ever held in memory."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+TORCH_TO_SAFETENSORS = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
+    "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+}
+ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4,
+            "int16": 2, "int8": 1, "uint8": 1, "bool": 1}
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        n = ITEMSIZE[self.dtype]
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def plan_shards(tensors: list[OutTensor], max_shard_bytes: int) -> list[list[OutTensor]]:
+    """Split tensors, in order, into shards of at most `max_shard_bytes` (a bigger tensor alone)."""
+    shards: list[list[OutTensor]] = [[]]
+    size = 0
+    for t in tensors:
+        if shards[-1] and size + t.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += t.nbytes
+    return shards
+
+
+def shard_names(count: int) -> list[str]:
+    if count == 1:
+        return ["model.safetensors"]
+    return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+
+
+class ShardWriter:
+    """Writes the planned shards into `folder`; tensors must arrive in plan order."""
+
+    def __init__(self, folder: Path, shards: list[list[OutTensor]], metadata: dict[str, str]):
+        self.folder = folder
+        self.shards = shards
+        self.names = shard_names(len(shards))
+        self.metadata = metadata
+        self._order = [(i, t) for i, shard in enumerate(shards) for t in shard]
+        self._next = 0
+        self._file = None
+        self._shard = -1
+
+    def _open(self, index: int) -> None:
+        if self._file is not None:
+            self._file.close()
+        header: dict[str, object] = {"__metadata__": dict(self.metadata)}
+        offset = 0
+        for t in self.shards[index]:
+            header[t.name] = {"dtype": TORCH_TO_SAFETENSORS[t.dtype], "shape": list(t.shape),
+                              "data_offsets": [offset, offset + t.nbytes]}
+            offset += t.nbytes
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)  # the data section starts 8-byte aligned
+        self._file = open(self.folder / self.names[index], "wb")
+        self._file.write(len(blob).to_bytes(8, "little"))
+        self._file.write(blob)
+        self._shard = index
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        shard, expected = self._order[self._next]
+        if name != expected.name:
+            raise ValueError(f"writer expected tensor {expected.name!r}, got {name!r}")
+        if tuple(tensor.shape) != expected.shape or str(tensor.dtype)[6:] != expected.dtype:
+            raise ValueError(
+                f"tensor {name!r}: planned {expected.dtype}{list(expected.shape)}, "
+                f"got {str(tensor.dtype)[6:]}{list(tensor.shape)}"
+            )
+        if shard != self._shard:
+            self._open(shard)
+        data = tensor.detach().contiguous().cpu().reshape(-1)
+        if data.numel():
+            self._file.write(memoryview(data.view(torch.uint8).numpy()))
+        self._next += 1
+
+    def close(self) -> None:
+        """Finish the last shard and write `model.safetensors.index.json` for sharded outputs."""
+        if self._next != len(self._order):
+            missing = self._order[self._next][1].name
+            raise ValueError(f"writer closed before tensor {missing!r} was written")
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if len(self.shards) > 1:
+            index = {
+                "metadata": {"total_size": sum(t.nbytes for s in self.shards for t in s)},
+                "weight_map": {t.name: self.names[i] for i, t in self._order},
+            }
+            (self.folder / "model.safetensors.index.json").write_text(
+                json.dumps(index, indent=2, sort_keys=True) + "\n"
+            )
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

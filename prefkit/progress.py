@@ -1,0 +1,71 @@
+"""Progress reporting. Library code reports through a Reporter; only the CLI picks one."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Reporter(Protocol):
+    def start(self, total_tensors: int, total_bytes: int, description: str) -> None: ...
+    def advance(self, tensor: str, nbytes: int) -> None: ...
+    def note(self, message: str) -> None: ...
+    def finish(self) -> None: ...
+
+
+class NullReporter:
+    """Says nothing (`--quiet`, tests, library use)."""
+
+    def start(self, total_tensors: int, total_bytes: int, description: str) -> None:
+        pass
+
+    def advance(self, tensor: str, nbytes: int) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class RichReporter:
+    """A rich progress bar on stderr: tensors, bytes written, rate and ETA.
+
+    Off a terminal rich draws no live bar; a plain line per recipe is printed instead, so CI logs
+    stay readable.
+    """
+
+    def __init__(self, console=None):
+        from rich.console import Console
+
+        self.console = console or Console(stderr=True)
+        self._progress = None
+        self._task = None
+
+    def start(self, total_tensors: int, total_bytes: int, description: str) -> None:
+        from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress,
+                                   TextColumn, TimeRemainingColumn, TransferSpeedColumn)
+
+        if not self.console.is_terminal:
+            self.console.print(f"{description}: {total_tensors} tensors, {total_bytes / 1e6:.1f} MB")
+            return
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+            console=self.console, transient=False,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=total_bytes)
+        self._tensors = 0
+
+    def advance(self, tensor: str, nbytes: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=nbytes)
+
+    def note(self, message: str) -> None:
+        self.console.print(f"[dim]{message}[/dim]" if self.console.is_terminal else message)
+
+    def finish(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

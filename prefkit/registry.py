@@ -1,0 +1,134 @@
+"""Plugin discovery: pluggy loads the `prefkit` entry points once; a dict dispatches by name.
+
+Environment:
+    PREFKIT_LOAD_PLUGINS: comma-separated entry-point names to load (unset: all; "": none).
+    PREFKIT_DISABLE_PLUGINS: comma-separated entry-point names to skip.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import os
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from prefkit import hookspecs
+from prefkit.errors import DuplicateMethodError, PluginError, UnknownMethodError
+
+ENTRY_POINT_GROUP = "prefkit"
+
+
+@dataclass(frozen=True)
+class RegisteredMethod:
+    method: Any
+    plugin: str  # the plugin (entry-point) name that registered it
+    distribution: str  # "name version" of the installed distribution, or "" for ad-hoc plugins
+
+
+@dataclass
+class Registry:
+    """Methods by name, with the plugin that provided each; failures of plugins that did not load."""
+
+    pm: pluggy.PluginManager
+    methods: dict[str, RegisteredMethod] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # plugin -> error line
+
+    def get(self, name: str) -> RegisteredMethod:
+        canonical = self.aliases.get(name, name)
+        if canonical in self.methods:
+            return self.methods[canonical]
+        known = sorted([*self.methods, *self.aliases])
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint += f"installed: {', '.join(sorted(self.methods)) or 'none'}"
+        if self.failed:
+            hint += f"; plugins that failed to load: {', '.join(sorted(self.failed))}"
+        raise UnknownMethodError(
+            f"unknown merge method {name!r}",
+            hint=hint + "; is the plugin installed? run `prefkit plugins`",
+        )
+
+
+def _selected(name: str) -> bool:
+    only = os.environ.get("PREFKIT_LOAD_PLUGINS")
+    if only is not None and name not in {n.strip() for n in only.split(",") if n.strip()}:
+        return False
+    disabled = os.environ.get("PREFKIT_DISABLE_PLUGINS", "")
+    return name not in {n.strip() for n in disabled.split(",")}
+
+
+def load_registry(
+    *, entry_points: bool = True, plugins: dict[str, ModuleType | object] | None = None
+) -> Registry:
+    """Build a registry from installed entry points plus explicitly given plugin objects.
+
+    A plugin that fails to import is recorded in `Registry.failed` and does not stop the others.
+    A hook implementation that matches no hook spec (e.g. a misspelled name) raises PluginError.
+    """
+    pm = pluggy.PluginManager("prefkit")
+    pm.add_hookspecs(hookspecs)
+    registry = Registry(pm=pm)
+    distributions: dict[str, str] = {}
+    if entry_points:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if not _selected(ep.name) or pm.has_plugin(ep.name):
+                continue
+            try:
+                module = ep.load()
+            except Exception as exc:  # a broken plugin must not break the others
+                registry.failed[ep.name] = f"{type(exc).__name__}: {exc}"
+                continue
+            _register_plugin(pm, ep.name, module)
+            dist = ep.dist
+            distributions[ep.name] = f"{dist.name} {dist.version}" if dist else ""
+    for name, plugin in (plugins or {}).items():
+        _register_plugin(pm, name, plugin)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(str(exc), plugin=exc.plugin_name if hasattr(exc, "plugin_name") else "",
+                          hint="rename the function to a hook in prefkit.hookspecs") from exc
+    for impl in pm.hook.prefkit_register_methods.get_hookimpls():
+        _call_register(registry, impl, distributions.get(impl.plugin_name, ""))
+    return registry
+
+
+def _register_plugin(pm: pluggy.PluginManager, name: str, plugin: object) -> None:
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {name!r}: {exc}", plugin=name) from exc
+    except ValueError as exc:  # pluggy: plugin name or object already registered
+        raise PluginError(f"plugin {name!r} registered twice: {exc}", plugin=name) from exc
+
+
+def _call_register(registry: Registry, impl: pluggy.HookImpl, distribution: str) -> None:
+    plugin = impl.plugin_name
+
+    def register(method: Any) -> None:
+        for attr in ("name", "kind", "merge"):
+            if not hasattr(method, attr):
+                raise PluginError(
+                    f"plugin {plugin!r} registered {method!r}, which has no {attr!r}",
+                    plugin=plugin,
+                    hint="register an instance of a prefkit.api method class",
+                )
+        for name in (method.name, *getattr(method, "aliases", ())):
+            other = registry.methods.get(registry.aliases.get(name, name))
+            if other is not None:
+                raise DuplicateMethodError(
+                    f"method {name!r} is registered by both plugin {other.plugin!r} "
+                    f"and plugin {plugin!r}",
+                    plugin=plugin,
+                    hint="uninstall one of them or block it with PREFKIT_DISABLE_PLUGINS",
+                )
+        registry.methods[method.name] = RegisteredMethod(method, plugin, distribution)
+        for alias in getattr(method, "aliases", ()):
+            registry.aliases[alias] = method.name
+
+    impl.function(register=register)
