@@ -121,8 +121,8 @@ class _Resolver:
         self.global_settings: dict[str, Any] = {}
         self.model_settings: list[dict[str, Any]] = []
 
-    def err(self, loc: tuple, message: str, hint: str | None = None) -> None:
-        self.errors.append(self.loaded.error(loc, message, hint))
+    def err(self, loc: tuple, message: str, hint: str | None = None, cls=RecipeError) -> None:
+        self.errors.append(self.loaded.error(loc, message, hint, cls))
 
     def raise_errors(self) -> None:
         if len(self.errors) == 1:
@@ -135,7 +135,7 @@ class _Resolver:
         try:
             self.method = self.registry.get(self.recipe.merge_method)
         except RecipeError as exc:
-            self.err(("merge_method",), exc.message, exc.hint)
+            self.err(("merge_method",), exc.message, exc.hint, type(exc))
             return
         method = self.method.method
         self.global_settings = self._settings(self.recipe.parameters, ("parameters",), True)

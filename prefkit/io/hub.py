@@ -25,6 +25,12 @@ def resolve_local(ref: str, recipe_dir: Path) -> Path | None:
     return None
 
 
+def _looks_local(ref: str, recipe_dir: Path) -> bool:
+    """`zoo/base` where a folder `zoo/` exists here is a local path with a typo, not a hub id."""
+    first = Path(ref).parts[0]
+    return (recipe_dir / first).is_dir() or (Path.cwd() / first).is_dir()
+
+
 def is_hub_id(ref: str) -> bool:
     return bool(_HUB_ID.match(ref)) and not ref.startswith((".", "/", "~"))
 
@@ -53,15 +59,25 @@ def fetch_model(ref: str) -> Path:
             allow_patterns=[*weights, "config.json", *TOKENIZER_FILES],
         ))
     except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CheckpointError(
-            f"model {ref!r} is not a local folder and could not be fetched from the Hugging Face "
-            f"hub ({type(exc).__name__}{': ' + first_line if first_line else ''})",
-            hint="check the path or hub id; offline, download it first into the HF cache",
-        ) from exc
+        raise CheckpointError(f"model {ref!r} is not a local folder and {_why(exc)}",
+                              hint="check the path or hub id; offline, set HF_HUB_OFFLINE=1 and "
+                              "download it first into the HF cache (`prefkit fetch` or `hf download`)"
+                              ) from exc
     if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
         raise CheckpointError(f"model {ref!r}: the hub repo has no safetensors or .bin weights")
     return path
+
+
+def _why(exc: Exception) -> str:
+    name = type(exc).__name__
+    if name == "RepositoryNotFoundError":
+        return "no such repository on the Hugging Face hub (or it is private and you are not logged in)"
+    if name == "RevisionNotFoundError":
+        return "the hub repository has no such revision"
+    if name in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):
+        return "it is not in the Hugging Face cache, and the hub is offline or unreachable"
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"could not be fetched from the Hugging Face hub ({name}{': ' + text if text else ''})"
 
 
 def resolve_model(ref: str, recipe_dir: Path) -> Path:
@@ -69,7 +85,7 @@ def resolve_model(ref: str, recipe_dir: Path) -> Path:
     local = resolve_local(ref, recipe_dir)
     if local is not None:
         return local
-    if is_hub_id(ref):
+    if is_hub_id(ref) and not _looks_local(ref, recipe_dir):
         return fetch_model(ref)
     raise CheckpointError(
         f"model {ref!r}: no such folder (looked in {recipe_dir} and {Path.cwd()})",

@@ -25,17 +25,21 @@ class LoadedRecipe:
     recipe: Recipe
     data: dict[str, Any]
     marks: Marks
+    overrides: dict[tuple, str] | None = None  # key path -> the `--set` that gave it
 
     def where(self, loc: tuple) -> str:
-        """`file:line:col` of the deepest key of `loc` that appears in the file."""
+        """`file:line:col` of the deepest key of `loc` in the file, or the `--set` that set it."""
         for end in range(len(loc), -1, -1):
+            if self.overrides and tuple(loc[:end]) in self.overrides:
+                return f"{self.path}: --set {self.overrides[tuple(loc[:end])]}"
             if tuple(loc[:end]) in self.marks:
                 line, col = self.marks[tuple(loc[:end])]
                 return f"{self.path}:{line}:{col}"
         return str(self.path)
 
-    def error(self, loc: tuple, message: str, hint: str | None = None) -> RecipeError:
-        return RecipeError(message, where=self.where(loc), field=dotted(loc), hint=hint)
+    def error(self, loc: tuple, message: str, hint: str | None = None,
+              cls: type[RecipeError] = RecipeError) -> RecipeError:
+        return cls(message, where=self.where(loc), field=dotted(loc), hint=hint)
 
     @property
     def digest(self) -> str:
@@ -89,7 +93,7 @@ def parse_yaml(text: str, where: str) -> tuple[Any, Marks]:
     return data, marks
 
 
-def apply_override(data: dict, marks: Marks, assignment: str) -> None:
+def apply_override(data: dict, marks: Marks, assignment: str) -> tuple:
     """Apply one `--set key.path=value` (value parsed as YAML; list indices are numbers)."""
     if "=" not in assignment:
         raise RecipeError(f"--set {assignment!r}: expected KEY=VALUE, e.g. parameters.density=0.3")
@@ -116,6 +120,7 @@ def apply_override(data: dict, marks: Marks, assignment: str) -> None:
         raise RecipeError(f"--set {key}: cannot set {dotted(tuple(parts))}")
     for path in [p for p in marks if p[: len(parts)] == tuple(parts)]:
         del marks[path]
+    return tuple(parts)
 
 
 def load_recipe(path: str | Path, overrides: tuple[str, ...] = ()) -> LoadedRecipe:
@@ -135,9 +140,8 @@ def load_recipe(path: str | Path, overrides: tuple[str, ...] = ()) -> LoadedReci
     if not isinstance(data, dict):
         raise RecipeError("a recipe must be a YAML mapping (merge_method:, models:, ...)",
                           where=f"{path}:1:1")
-    for assignment in overrides:
-        apply_override(data, marks, assignment)
-    probe = LoadedRecipe(path, Recipe.model_construct(), data, marks)
+    overridden = {apply_override(data, marks, a): a for a in overrides}
+    probe = LoadedRecipe(path, Recipe.model_construct(), data, marks, overridden)
     errors = [
         probe.error((key,), f"mergekit's {key!r} is not supported by prefkit", hint=why)
         for key, why in UNSUPPORTED_MERGEKIT_KEYS.items() if key in data
@@ -151,7 +155,7 @@ def load_recipe(path: str | Path, overrides: tuple[str, ...] = ()) -> LoadedReci
         recipe = None
     if errors:
         raise errors[0] if len(errors) == 1 else RecipeErrors(errors)
-    return LoadedRecipe(path, recipe, data, marks)
+    return LoadedRecipe(path, recipe, data, marks, overridden)
 
 
 def _from_pydantic(probe: LoadedRecipe, err: dict) -> RecipeError:

@@ -1,0 +1,219 @@
+"""Every command and every user error, through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from prefkit.cli import build_cli, parse_size
+from tests.conftest import builtin_plugins
+from tests.helpers import load_tensors, write_recipe
+
+TIES = """\
+merge_method: ties
+base_model: zoo/base
+models:
+  - model: zoo/ag_news
+    task: ag_news
+  - model: zoo/imdb
+    task: imdb
+  - model: zoo/mnli
+    task: mnli
+  - model: zoo/mrpc
+    task: mrpc
+parameters:
+  density: 0.5
+preference: [0.5, 0.2, 0.2, 0.1]
+"""
+
+
+@pytest.fixture
+def cli():
+    from prefkit.registry import load_registry
+
+    return build_cli(lambda: load_registry(entry_points=False, plugins=builtin_plugins()))
+
+
+def invoke(cli, *args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_methods_lists_builtins_with_plugin(cli):
+    result = invoke(cli, "methods", "--json")
+    assert result.exit_code == 0
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert set(rows) == {"linear", "task_arithmetic", "ties"}
+    assert rows["linear"]["aliases"] == ["averaging"]
+    assert rows["ties"]["plugin"] == "ties" and rows["ties"]["kind"] == "tensor"
+    assert rows["ties"]["reference_url"] == "https://arxiv.org/abs/2306.01708"
+    table = invoke(cli, "methods")
+    assert "task_arithmetic" in table.stdout and "averaging" in table.stdout
+
+
+def test_run_writes_output_and_json_line(cli, workdir):
+    recipe = write_recipe(workdir, TIES)
+    result = invoke(cli, "run", recipe, "-o", workdir / "out", "-q")
+    assert result.exit_code == 0, result.stderr
+    line = json.loads(result.stdout)
+    assert line["status"] == "ok" and line["tensors"] == 41 and line["method"] == "ties"
+    files = sorted(p.name for p in (workdir / "out").iterdir())
+    assert files == ["config.json", "model.safetensors", "prefkit.json", "recipe.yaml"]
+    prov = json.loads((workdir / "out" / "prefkit.json").read_text())
+    assert prov["preference"] == [0.5, 0.2, 0.2, 0.1] and len(prov["inputs"]) == 5
+    assert len(prov["recipe_sha256"]) == 64
+    config = json.loads((workdir / "out" / "config.json").read_text())
+    assert len(config["id2label"]) == 4  # heads padded to AG News's 4 labels
+
+
+def test_run_sharded_output_has_hf_index(cli, workdir):
+    recipe = write_recipe(workdir, TIES)
+    result = invoke(cli, "run", recipe, "-o", workdir / "out", "-q", "--max-shard-size", "8KB")
+    assert result.exit_code == 0, result.stderr
+    index = json.loads((workdir / "out" / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and shards[0].startswith("model-00001-of-")
+    assert len(index["weight_map"]) == 41
+    assert index["metadata"]["total_size"] == sum(
+        t.numel() * t.element_size() for t in load_tensors(workdir / "out").values())
+
+
+def test_set_overrides_change_result(cli, workdir):
+    recipe = write_recipe(workdir, TIES)
+    a = invoke(cli, "run", recipe, "-o", workdir / "a", "-q")
+    b = invoke(cli, "run", recipe, "-o", workdir / "b", "-q", "--set", "parameters.density=0.3",
+               "--set", "preference=[0.7,0.1,0.1,0.1]")
+    assert a.exit_code == 0 and b.exit_code == 0, b.stderr
+    ta, tb = load_tensors(workdir / "a"), load_tensors(workdir / "b")
+    name = "roberta.encoder.layer.0.attention.self.query.weight"
+    assert not ta[name].equal(tb[name])
+    saved = (workdir / "b" / "recipe.yaml").read_text()
+    assert "density: 0.3" in saved and "0.7" in saved
+
+
+def test_existing_output_needs_force(cli, workdir):
+    recipe = write_recipe(workdir, TIES)
+    assert invoke(cli, "run", recipe, "-o", workdir / "out", "-q").exit_code == 0
+    again = invoke(cli, "run", recipe, "-o", workdir / "out", "-q")
+    assert again.exit_code == 2
+    assert "already exists" in again.stderr and "--force" in again.stderr
+    forced = invoke(cli, "run", recipe, "-o", workdir / "out", "-q", "--force")
+    assert forced.exit_code == 0
+
+
+def test_batch_keeps_going_and_exits_with_worst(cli, workdir):
+    good = write_recipe(workdir, TIES.replace("preference", "output: out_good\npreference"), "good.yaml")
+    bad = write_recipe(workdir, TIES.replace("merge_method: ties", "merge_method: tiez"), "bad.yaml")
+    missing = write_recipe(workdir, TIES.replace("zoo/imdb", "zoo/nope") + "output: out_m\n", "m.yaml")
+    result = invoke(cli, "run", bad, good, missing, "-q")
+    lines = [json.loads(x) for x in result.stdout.splitlines()]
+    assert [x["status"] for x in lines] == ["failed", "ok", "failed"]
+    assert result.exit_code == 3
+    assert (workdir / "out_good" / "model.safetensors").exists()
+    assert not (workdir / "out_m").exists()
+    assert "did you mean 'ties'" in result.stderr
+
+
+def test_output_with_several_recipes_is_usage_error(cli, workdir):
+    r = write_recipe(workdir, TIES)
+    result = invoke(cli, "run", r, r, "-o", "x")
+    assert result.exit_code == 2 and "one recipe" in result.stderr
+
+
+def test_validate_ok_and_reads_no_model(cli, workdir):
+    recipe = write_recipe(workdir, TIES.replace("zoo/base", "not/there/at-all"))
+    result = invoke(cli, "validate", recipe)
+    assert result.exit_code == 0 and result.stdout.strip().endswith(": ok")
+
+
+def test_plan_json(cli, workdir):
+    recipe = write_recipe(workdir, TIES.replace("density: 0.5", "density: [0.2, 0.8]"))
+    result = invoke(cli, "plan", recipe, "--json")
+    assert result.exit_code == 0, result.stderr
+    plan = json.loads(result.stdout)
+    by_name = {t["name"]: t for t in plan["tensors"]}
+    q0 = by_name["roberta.encoder.layer.0.attention.self.query.weight"]
+    q1 = by_name["roberta.encoder.layer.1.attention.self.query.weight"]
+    head = by_name["classifier.out_proj.weight"]
+    assert (q0["t"], q1["t"], head["t"]) == (0.0, 1.0, 0.0)
+    assert [mp["density"] for mp in q1["model_params"]] == [pytest.approx(0.8)] * 4
+    assert [mp["weight"] for mp in q0["model_params"]] == pytest.approx([2.0, 0.8, 0.8, 0.4])
+    assert head["shape"] == [4, 16] and head["base"] is None
+    assert plan["total_bytes"] == sum(t["bytes"] for t in plan["tensors"])
+    table = invoke(cli, "plan", recipe)
+    assert "classifier.out_proj.weight" in table.stdout and "zero-padded" in table.stdout
+
+
+# --- errors: one line, file:line:col, exit code, no traceback, nothing written ---------------
+
+ERROR_CASES = [
+    ("merge_method: ties\nmodels: [\n", 3, "recipe.yaml:3:1: invalid YAML"),
+    ("merge_method: ties\nmerge_method: linear\nmodels: [{model: a}]\n", 3,
+     "recipe.yaml:2:1: merge_method: duplicate key"),
+    (TIES.replace("parameters:", "paramters:"), 3, "recipe.yaml:12:1: paramters: unknown key"),
+    (TIES.replace("merge_method: ties", "merge_method: tis"), 3,
+     "recipe.yaml:1:1: merge_method: unknown merge method 'tis' (did you mean 'ties'?"),
+    (TIES.replace("density: 0.5", "density: 1.5"), 3,
+     "recipe.yaml:13:3: parameters.density: Input should be less than or equal to 1"),
+    (TIES.replace("density: 0.5", "densty: 0.5"), 3,
+     "recipe.yaml:13:3: parameters.densty: unknown parameter for method 'ties'"),
+    (TIES.replace("density: 0.5", "density: [0.1, high]"), 3, "parameters.density[1]: Input should be a valid number"),
+    (TIES.replace("[0.5, 0.2, 0.2, 0.1]", "[0.5, 0.5]"), 3,
+     "recipe.yaml:14:1: preference: has 2 entries for 4 models"),
+    (TIES.replace("[0.5, 0.2, 0.2, 0.1]", "[0.5, -0.2, 0.2, 0.1]"), 3, "preference entries must be >= 0"),
+    (TIES.replace("[0.5, 0.2, 0.2, 0.1]", "[0, 0, 0, 0]"), 3, "preference is all zeros"),
+    (TIES.replace("[0.5, 0.2, 0.2, 0.1]", "[.nan, 0.2, 0.2, 0.1]"), 3, "must be finite numbers"),
+    (TIES.replace("density: 0.5", "weight: 1.0"), 3,
+     "recipe.yaml:13:3: parameters.weight: weight and preference both given"),
+    (TIES.replace("preference: [0.5, 0.2, 0.2, 0.1]", ""), 3,
+     "parameter 'weight' of model zoo/ag_news is not set for tensor"),
+    (TIES.replace("base_model: zoo/base\n", ""), 3, "method 'ties' needs base_model"),
+    (TIES.replace("zoo/imdb", "zoo/nothing"), 3, "recipe.yaml:6:5: models[1].model: model 'zoo/nothing': no such folder"),
+    (TIES.replace("dtype", "x") + "dtype: float33\n", 3, "dtype: unknown dtype 'float33'"),
+    (TIES + "slices: []\n", 3, "slices: mergekit's 'slices' is not supported by prefkit"),
+    (TIES.replace("density: 0.5", "lambda: 1.0\n  normalize: true\n  trim: global\n  density: [0.1, 0.5]"),
+     3, "with trim: global, density must be one value per model"),
+    ("- just\n- a list\n", 3, "recipe.yaml:1:1: a recipe must be a YAML mapping"),
+]
+
+
+@pytest.mark.parametrize("text, code, message", ERROR_CASES, ids=range(len(ERROR_CASES)))
+def test_errors_are_one_clear_line(cli, workdir, text, code, message):
+    recipe = write_recipe(workdir, text)
+    result = invoke(cli, "run", recipe, "-o", workdir / "out", "-q")
+    assert result.exit_code == code
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (workdir / "out").exists()
+    assert not [p for p in workdir.iterdir() if p.name.startswith(".out")]
+
+
+def test_missing_recipe_file(cli, workdir):
+    result = invoke(cli, "validate", workdir / "nope.yaml")
+    assert result.exit_code == 3 and "recipe file not found" in result.stderr
+
+
+def test_bad_set_syntax(cli, workdir):
+    recipe = write_recipe(workdir, TIES)
+    result = invoke(cli, "validate", recipe, "--set", "parameters.density")
+    assert result.exit_code == 3 and "expected KEY=VALUE" in result.stderr
+
+
+def test_set_error_points_at_the_override(cli, workdir):
+    recipe = write_recipe(workdir, TIES)
+    result = invoke(cli, "validate", recipe, "--set", "parameters.density=2")
+    assert "--set parameters.density=2: parameters.density" in result.stderr
+
+
+def test_traceback_flag_shows_traceback(cli, workdir):
+    recipe = write_recipe(workdir, TIES.replace("merge_method: ties", "merge_method: tis"))
+    result = CliRunner().invoke(cli, ["--traceback", "plan", str(recipe)])
+    assert result.exit_code != 0
+    assert type(result.exception).__name__ == "UnknownMethodError"
+
+
+@pytest.mark.parametrize("text, size", [("5GB", 5 * 10**9), ("500MB", 5 * 10**8), ("2GiB", 2 * 2**30),
+                                         ("1000", 1000), ("1.5kb", 1500)])
+def test_parse_size(text, size):
+    assert parse_size(text) == size
