@@ -41,13 +41,14 @@ class RecipeError(PrefkitError):
 
 
 class RecipeErrors(PrefkitError):
-    """Several recipe errors found in one pass (validation reports all of them at once)."""
+    """Several problems found in one pass (validation reports all of them at once)."""
 
     exit_code = ExitCode.INVALID_RECIPE
 
-    def __init__(self, errors: list[RecipeError]):
+    def __init__(self, errors: list[PrefkitError]):
         self.errors = errors
         super().__init__("\n".join(str(e) for e in errors))
+        self.exit_code = max(e.exit_code for e in errors)
 
 
 class UnknownMethodError(RecipeError):

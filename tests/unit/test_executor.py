@@ -1,0 +1,191 @@
+"""Executor and plan behaviour on tiny checkpoints: heads, dtypes, global trim, safety."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from prefkit.errors import CheckpointError, MergeError, PrefkitError
+from prefkit.executor import execute
+from prefkit.plan import resolve
+from prefkit.recipe import load_recipe
+from tests.helpers import load_tensors, merge, write_recipe
+
+REF = """\
+merge_method: {method}
+base_model: zoo/base
+models:
+  - model: zoo/ag_news
+  - model: zoo/imdb
+  - model: zoo/mnli
+  - model: zoo/mrpc
+parameters: {params}
+"""
+
+
+def _zoo(workdir):
+    return {n: load_tensors(workdir / "zoo" / n) for n in ("base", "ag_news", "imdb", "mnli", "mrpc")}
+
+
+def test_task_arithmetic_on_zoo_with_padded_heads(workdir, registry):
+    out = merge(workdir, REF.format(method="task_arithmetic",
+                                    params="{weight: 0.5, lambda: 0.8}"), registry)
+    z = _zoo(workdir)
+    models = ["ag_news", "imdb", "mnli", "mrpc"]
+    name = "roberta.encoder.layer.1.output.dense.weight"
+    want = z["base"][name] + 0.8 * sum(0.5 * (z[m][name] - z["base"][name]) for m in models)
+    torch.testing.assert_close(out[name], want, atol=1e-6, rtol=0)
+    # the base has no classifier: each head is its own task vector, zero-padded to 4 labels
+    head = torch.zeros(4, 16)
+    for m in models:
+        w = z[m]["classifier.out_proj.weight"]
+        head[: w.shape[0]] += 0.8 * 0.5 * w
+    torch.testing.assert_close(out["classifier.out_proj.weight"], head, atol=1e-6, rtol=0)
+    assert set(out) == set(z["ag_news"])  # tensors only in the base are not written
+
+
+def test_preference_sets_weights(workdir, registry):
+    pref = merge(workdir, REF.format(method="task_arithmetic", params="{}")
+                 + "preference: [0.4, 0.3, 0.2, 0.1]\n", registry, output="p")
+    explicit = merge(workdir, REF.format(method="task_arithmetic", params="{}").replace(
+        "parameters: {}", "").replace("zoo/ag_news", "zoo/ag_news\n    parameters: {weight: 1.6}")
+        .replace("zoo/imdb", "zoo/imdb\n    parameters: {weight: 1.2}")
+        .replace("zoo/mnli", "zoo/mnli\n    parameters: {weight: 0.8}")
+        .replace("zoo/mrpc", "zoo/mrpc\n    parameters: {weight: 0.4}"), registry, output="e")
+    for name in pref:
+        torch.testing.assert_close(pref[name], explicit[name], atol=1e-6, rtol=0)
+
+
+def test_output_dtype_and_compute_dtype(workdir, registry):
+    out = merge(workdir, REF.format(method="ties", params="{weight: 1, density: 0.5}")
+                + "dtype: float32\nout_dtype: bfloat16\n", registry)
+    assert {t.dtype for t in out.values()} == {torch.bfloat16}
+    config = json.loads((workdir / "out" / "config.json").read_text())
+    assert config["torch_dtype"] == "bfloat16"
+
+
+def test_same_recipe_same_bytes(workdir, registry):
+    text = REF.format(method="ties", params="{weight: 1, density: 0.3}")
+    merge(workdir, text, registry, output="a")
+    merge(workdir, text, registry, output="b")
+
+    def digest(folder):
+        return hashlib.sha256((workdir / folder / "model.safetensors").read_bytes()).hexdigest()
+
+    assert digest("a") == digest("b")
+
+
+def test_global_trim_keeps_top_k_of_whole_task_vector(workdir, registry):
+    density = 0.1
+    out = merge(workdir, REF.format(
+        method="ties", params=f"{{weight: 1, density: {density}, trim: global, lambda: 1.0}}"),
+        registry)
+    z = _zoo(workdir)
+    models = ["ag_news", "imdb", "mnli", "mrpc"]
+    names = sorted(out)
+    # Reference: trim each model's concatenated task vector with a full sort, then TIES per tensor.
+    width = {n: out[n].shape for n in names}
+    kept = {}
+    for m in models:
+        parts = []
+        for n in names:
+            base = z["base"].get(n, torch.zeros(z[m][n].shape))
+            delta = torch.zeros(width[n])
+            delta[tuple(slice(0, d) for d in z[m][n].shape)] = z[m][n] - (
+                base if base.shape == z[m][n].shape else torch.zeros(z[m][n].shape))
+            parts.append(delta.flatten())
+        flat = torch.cat(parts)
+        k = max(1, int(density * flat.numel()))
+        keep = torch.zeros_like(flat, dtype=torch.bool)
+        keep[torch.sort(flat.abs(), descending=True, stable=True).indices[:k]] = True
+        kept[m] = keep
+        assert int(keep.sum()) == k
+    offset = 0
+    for n in names:
+        size = out[n].numel()
+        deltas = []
+        for m in models:
+            base = z["base"].get(n)
+            padded = torch.zeros(width[n])
+            src = z[m][n] - (base if base is not None and base.shape == z[m][n].shape else 0)
+            padded[tuple(slice(0, d) for d in z[m][n].shape)] = src
+            deltas.append(padded.flatten() * kept[m][offset: offset + size])
+        offset += size
+        d = torch.stack(deltas)
+        sign = torch.where(d.sum(0) >= 0, 1.0, -1.0)
+        agree = d.sign() == sign
+        merged = (d * agree).sum(0) / torch.clamp(agree.sum(0), min=1)
+        base = z["base"].get(n)
+        base = base.flatten() if base is not None and base.shape == out[n].shape else 0
+        torch.testing.assert_close(out[n].flatten(), base + merged, atol=1e-6, rtol=0)
+
+
+def test_missing_tensor_is_named(copy_zoo, workdir, registry):
+    from prefkit.testing import make_finetuned
+
+    make_finetuned(workdir / "broken", workdir / "zoo" / "base", seed=9, num_labels=2,
+                   drop=("roberta.encoder.layer.1.output.dense.bias",))
+    recipe = write_recipe(workdir, REF.format(method="task_arithmetic", params="{weight: 1}")
+                          .replace("zoo/mrpc", "broken"))
+    with pytest.raises(CheckpointError, match=r"tensor 'roberta.encoder.layer.1.output.dense.bias' "
+                       r"is in zoo/ag_news, zoo/imdb, zoo/mnli but missing from broken"):
+        resolve(load_recipe(recipe), registry, workdir / "out")
+
+
+def test_shape_mismatch_outside_heads_is_an_error(workdir, registry):
+    from prefkit.testing import make_base, make_finetuned
+
+    make_base(workdir / "wide", hidden=24, intermediate=32)
+    make_finetuned(workdir / "wide_ft", workdir / "wide", seed=3, num_labels=2)
+    recipe = write_recipe(workdir, REF.format(method="task_arithmetic", params="{weight: 1}")
+                          .replace("zoo/mrpc", "wide_ft"))
+    with pytest.raises(PrefkitError, match=r"different shapes: \[16\] in zoo/ag_news; .*"
+                       r"\[24\] in wide_ft"):
+        resolve(load_recipe(recipe), registry, workdir / "out")
+
+
+def test_failing_method_leaves_nothing(workdir, registry, monkeypatch):
+    recipe = write_recipe(workdir, REF.format(method="ties", params="{weight: 1}"))
+    plan = resolve(load_recipe(recipe), registry, workdir / "out")
+    calls = []
+
+    def broken(*a, **k):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("boom")
+        return a[0][0]
+
+    monkeypatch.setattr(plan.method.method, "merge", broken)
+    with pytest.raises(MergeError, match=r"method 'ties' \(plugin 'ties'\) failed on tensor '.*': "
+                       r"RuntimeError: boom"):
+        execute(plan)
+    assert sorted(p.name for p in workdir.iterdir() if "out" in p.name) == []
+
+
+def test_force_replaces_only_when_complete(workdir, registry, monkeypatch):
+    recipe = write_recipe(workdir, REF.format(method="ties", params="{weight: 1}"))
+    plan = resolve(load_recipe(recipe), registry, workdir / "out")
+    execute(plan)
+    before = (workdir / "out" / "model.safetensors").read_bytes()
+    monkeypatch.setattr(plan.method.method, "merge", lambda *a, **k: 1 / 0)
+    with pytest.raises(MergeError):
+        execute(plan, force=True)
+    assert (workdir / "out" / "model.safetensors").read_bytes() == before
+
+
+def test_mixed_input_dtypes_are_cast_to_compute_dtype(workdir, registry):
+    from prefkit.testing import make_finetuned
+
+    make_finetuned(workdir / "half", workdir / "zoo" / "base", seed=5, num_labels=2,
+                   dtype=torch.float16)
+    out = merge(workdir, REF.format(method="linear", params="{weight: 1}").replace(
+        "base_model: zoo/base\n", "").replace("zoo/mrpc", "half").replace(
+        "  - model: zoo/ag_news\n", "").replace("  - model: zoo/mnli\n", ""), registry)
+    z_imdb = load_tensors(workdir / "zoo" / "imdb")
+    half = load_tensors(workdir / "half")
+    name = "roberta.embeddings.LayerNorm.weight"
+    assert out[name].dtype == torch.float32  # the first model's dtype
+    torch.testing.assert_close(out[name], (z_imdb[name] + half[name].float()) / 2, atol=1e-6, rtol=0)
