@@ -156,10 +156,6 @@ class _Resolver:
                     self.err(("models", i, "parameters", "weight"),
                              "weight and preference both given",
                              "preference sets each model's weight (m·p_i/Σp); drop one of them")
-            if method.base == "input" and self.recipe.base_model and not self._base_listed():
-                self.err(("base_model",), f"{method.name} merges base_model as one more input "
-                         "(mergekit semantics), which preference does not cover",
-                         "drop base_model, or list it under models: with its preference entry")
         if method.base == "required" and not self.recipe.base_model:
             self.err(("merge_method",), f"method {method.name!r} needs base_model",
                      "add base_model: the pretrained model the others were tuned from")
@@ -206,11 +202,18 @@ class _Resolver:
         inputs = [self._open(m.model, ("models", i, "model"), m.task, recipe_dir)
                   for i, m in enumerate(self.recipe.models)]
         method = self.method.method
+        notes = []
         if method.base == "input" and base is not None and not self._base_listed():
-            inputs.append(base)
-            self.model_settings.append({})
+            if self.recipe.preference is None:  # mergekit: the base is one more input
+                inputs.append(base)
+                self.model_settings.append({})
+                notes.append(f"{method.name}: base_model is merged as one more input (mergekit)")
+            else:  # prefkit: a preference weighs the listed models only
+                notes.append(f"{method.name}: base_model gives config and tokenizer only; the "
+                             "preference weighs the listed models")
         self.raise_errors()
-        tensors, notes = self._tensors(base, inputs)
+        tensors, tensor_notes = self._tensors(base, inputs)
+        notes += tensor_notes
         self.raise_errors()
         shared = self._shared(TensorInfo("", None, 0.0, ()))
         self.raise_errors()

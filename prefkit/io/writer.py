@@ -100,6 +100,7 @@ class ShardWriter:
         """Finish the last shard and write `model.safetensors.index.json` for sharded outputs."""
         if self._next != len(self._order):
             missing = self._order[self._next][1].name
+            self.abort()
             raise ValueError(f"writer closed before tensor {missing!r} was written")
         if self._file is not None:
             self._file.close()

@@ -189,3 +189,17 @@ def test_mixed_input_dtypes_are_cast_to_compute_dtype(workdir, registry):
     name = "roberta.embeddings.LayerNorm.weight"
     assert out[name].dtype == torch.float32  # the first model's dtype
     torch.testing.assert_close(out[name], (z_imdb[name] + half[name].float()) / 2, atol=1e-6, rtol=0)
+
+
+def test_linear_base_model_is_an_input_like_mergekit_unless_preference(workdir, registry):
+    z = _zoo(workdir)
+    name = "roberta.encoder.layer.0.attention.self.key.weight"
+    text = ("merge_method: linear\nbase_model: zoo_same/base\nmodels:\n  - model: zoo_same/a\n"
+            "  - model: zoo_same/b\n")
+    z = {n: load_tensors(workdir / "zoo_same" / n) for n in ("base", "a", "b")}
+    with_base = merge(workdir, text + "parameters: {weight: 1.0}\n", registry, output="w")
+    torch.testing.assert_close(with_base[name], (z["a"][name] + z["b"][name] + z["base"][name]) / 3,
+                               atol=1e-6, rtol=0)
+    pref = merge(workdir, text + "preference: [0.75, 0.25]\n", registry, output="p")
+    torch.testing.assert_close(pref[name], 0.75 * z["a"][name] + 0.25 * z["b"][name],
+                               atol=1e-6, rtol=0)
