@@ -275,6 +275,12 @@ class _Resolver:
     def _tensor(self, name, base, inputs, num_layers) -> TensorPlan | None:
         metas = [m.checkpoint.tensors.get(name) for m in inputs]
         missing = [m.label for m, meta in zip(inputs, metas) if meta is None]
+        present = [meta for meta in metas if meta is not None]
+        if missing and all(meta.dtype not in FLOAT_DTYPES for meta in present):
+            # integer buffers (e.g. position_ids) that older checkpoints saved and newer do not
+            info = TensorInfo(name, None, 0.0, tuple(m.label for m in inputs))
+            return TensorPlan(name, present[0].shape, present[0].dtype, present[0].dtype,
+                              tuple(metas), present[0], info, None, (), copy=True)
         if missing:
             have = [m.label for m, meta in zip(inputs, metas) if meta is not None]
             self.errors.append(CheckpointError(
