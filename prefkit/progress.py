@@ -43,24 +43,27 @@ class RichReporter:
         self._task = None
 
     def start(self, total_tensors: int, total_bytes: int, description: str) -> None:
-        from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress,
-                                   TextColumn, TimeRemainingColumn, TransferSpeedColumn)
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                   TimeRemainingColumn, TransferSpeedColumn)
 
         if not self.console.is_terminal:
             self.console.print(f"{description}: {total_tensors} tensors, {total_bytes / 1e6:.1f} MB")
             return
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[bold]{task.description}"), BarColumn(),
+            TextColumn("{task.fields[done]}/{task.fields[tensors]} tensors"),
             DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
             console=self.console, transient=False,
         )
         self._progress.start()
-        self._task = self._progress.add_task(description, total=total_bytes)
-        self._tensors = 0
+        self._done = 0
+        self._task = self._progress.add_task(description, total=total_bytes, done=0,
+                                             tensors=total_tensors)
 
     def advance(self, tensor: str, nbytes: int) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, advance=nbytes)
+            self._done += 1
+            self._progress.update(self._task, advance=nbytes, done=self._done)
 
     def note(self, message: str) -> None:
         self.console.print(f"[dim]{message}[/dim]" if self.console.is_terminal else message)
