@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -45,17 +46,21 @@ def fetch_model(ref: str) -> Path:
 
     repo_id, _, revision = ref.partition("@")
     revision = revision or None
+    # read the environment now: huggingface_hub reads it once, at import
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    cache_dir = os.environ.get("HF_HUB_CACHE") or None
     try:
-        try:
-            files = HfApi().list_repo_files(repo_id, revision=revision)
-            has_safetensors = any(f.endswith(".safetensors") for f in files)
-            local_only = False
-        except Exception:  # offline or unreachable: try the cache
-            has_safetensors, local_only = True, True
-        weights = ["*.safetensors", "model.safetensors.index.json"] if has_safetensors else [
-            "pytorch_model*.bin", "pytorch_model.bin.index.json"]
+        weights = ["*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
+                   "pytorch_model.bin.index.json"]
+        if not offline:
+            try:
+                files = HfApi().list_repo_files(repo_id, revision=revision)
+                if any(f.endswith(".safetensors") for f in files):  # never download both
+                    weights = weights[:2]
+            except Exception:  # unreachable: fall back to the cache
+                offline = True
         path = Path(snapshot_download(
-            repo_id, revision=revision, local_files_only=local_only,
+            repo_id, revision=revision, local_files_only=offline, cache_dir=cache_dir,
             allow_patterns=[*weights, "config.json", *TOKENIZER_FILES],
         ))
     except Exception as exc:
