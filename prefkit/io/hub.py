@@ -12,6 +12,7 @@ TOKENIZER_FILES = [
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "vocab.json", "vocab.txt", "merges.txt", "*.model",
 ]
+_FINAL_HUB_ERRORS = {"RepositoryNotFoundError", "RevisionNotFoundError", "GatedRepoError"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
@@ -57,8 +58,10 @@ def fetch_model(ref: str) -> Path:
                 files = HfApi().list_repo_files(repo_id, revision=revision)
                 if any(f.endswith(".safetensors") for f in files):  # never download both
                     weights = weights[:2]
-            except Exception:  # unreachable: fall back to the cache
-                offline = True
+            except Exception as exc:
+                if type(exc).__name__ in _FINAL_HUB_ERRORS:
+                    raise
+                offline = True  # unreachable: fall back to the cache
         path = Path(snapshot_download(
             repo_id, revision=revision, local_files_only=offline, cache_dir=cache_dir,
             allow_patterns=[*weights, "config.json", *TOKENIZER_FILES],
