@@ -21,6 +21,7 @@ demo: setup
 	$(BIN)/prefkit run recipes/offline/ties_pref.yaml recipes/offline/task_arithmetic_pref.yaml recipes/offline/averaging_pref.yaml --force
 
 test: setup
+	$(BIN)/ruff check prefkit plugins tests benchmarks
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-all: setup

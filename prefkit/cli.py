@@ -99,8 +99,8 @@ def build_cli(registry_factory: RegistryFactory = _default_registry) -> click.Gr
                   help="Override a recipe key, e.g. parameters.density=0.3 or preference=[0.8,0.2].")
     @click.option("--force", is_flag=True, help="Replace an existing output folder.")
     @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-    @click.option("--max-shard-size", default="5GB", show_default=True, callback=lambda c, p, v: parse_size(v),
-                  help="Largest output shard.")
+    @click.option("--max-shard-size", default="5GB", show_default=True,
+                  callback=lambda c, p, v: parse_size(v), help="Largest output shard.")
     def run(recipes, output, overrides, force, quiet, max_shard_size) -> None:
         """Merge each recipe; one JSON result line per recipe on stdout.
 

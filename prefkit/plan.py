@@ -329,13 +329,7 @@ class _Resolver:
 
     def _shared(self, info: TensorInfo) -> Params | None:
         cls = self.method.method.Params
-        values = {}
-        for name in _aliases(cls):
-            setting = self.global_settings.get(name)
-            if setting is not None:
-                value = evaluate(setting, info.name, info.t, _leaf_adapter(cls, _field_name(cls, name)).validate_python)
-                if value is not None:
-                    values[name] = value
+        values = _resolve_values(cls, [self.global_settings], info)
         return self._build(cls, values, info.name, None)
 
     def _per_model(self, info: TensorInfo, inputs) -> tuple[Params, ...] | None:
@@ -343,17 +337,8 @@ class _Resolver:
         preference = self.recipe.preference
         out = []
         for i, model in enumerate(inputs):
-            values = {}
-            for name in _aliases(cls):
-                for settings in (self.model_settings[i], self.global_settings):
-                    setting = settings.get(name)
-                    if setting is None:
-                        continue
-                    value = evaluate(setting, info.name, info.t,
-                                     _leaf_adapter(cls, _field_name(cls, name)).validate_python)
-                    if value is not None:
-                        values[name] = value
-                        break
+            # a model's own settings beat the top-level ones, which beat the default
+            values = _resolve_values(cls, [self.model_settings[i], self.global_settings], info)
             if preference is not None and "weight" in cls.model_fields and i < len(preference):
                 values["weight"] = len(preference) * preference[i] / sum(preference)
             built = self._build(cls, values, info.name, model.label)
@@ -377,6 +362,20 @@ class _Resolver:
             else:
                 self.err(("parameters", field), f"{e['msg']} for tensor {tensor!r}{who}")
             return None
+
+
+def _resolve_values(cls: type[Params], sources: list[dict[str, Any]], info: TensorInfo) -> dict:
+    """Each parameter's value for one tensor from the first source whose setting applies."""
+    values = {}
+    for name in _aliases(cls):
+        validate = _leaf_adapter(cls, _field_name(cls, name)).validate_python
+        for settings in sources:
+            setting = settings.get(name)
+            value = None if setting is None else evaluate(setting, info.name, info.t, validate)
+            if value is not None:
+                values[name] = value
+                break
+    return values
 
 
 def _aliases(cls: type[Params]) -> list[str]:

@@ -43,8 +43,14 @@ class RichReporter:
         self._task = None
 
     def start(self, total_tensors: int, total_bytes: int, description: str) -> None:
-        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                                   TimeRemainingColumn, TransferSpeedColumn)
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
 
         if not self.console.is_terminal:
             self.console.print(f"{description}: {total_tensors} tensors, {total_bytes / 1e6:.1f} MB")

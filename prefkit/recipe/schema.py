@@ -51,7 +51,8 @@ class Recipe(_Strict):
     parameters: dict[str, Any] | None = Field(None, description="Method parameters for all models.")
     dtype: str | None = Field(None, description="Compute dtype; default: the base model's.")
     out_dtype: str | None = Field(None, description="Output dtype; default: the compute dtype.")
-    tokenizer_source: str | None = Field(None, description="`base` (default) or a model to copy the tokenizer from.")
+    tokenizer_source: str | None = Field(
+        None, description="`base` (default) or a model to copy the tokenizer from.")
     preference: list[float] | None = Field(None, description="prefkit: one weight per model.")
     heads: Literal["padded"] = Field("padded", description="prefkit: how differing heads merge.")
     output: str | None = Field(None, description="prefkit: output folder (default runs/<recipe name>).")

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from prefkit.api import TensorInfo
-from prefkit.ops import sign_consensus, topk_mask
 from prefkit.plugins.linear import LinearMethod, LinearParams
 from prefkit.plugins.task_arithmetic import TaskArithmeticMethod, TaskArithmeticParams
 from prefkit.plugins.ties import TiesMethod, TiesModelParams, TiesParams
-from prefkit.api import WeightParams
+
+from prefkit.api import TensorInfo, WeightParams
+from prefkit.ops import sign_consensus, topk_mask
 
 INFO = TensorInfo("layer.0.weight", 0, 0.0, ("a", "b", "c"))
 
