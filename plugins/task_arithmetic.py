@@ -15,7 +15,7 @@ import torch
 from pydantic import Field
 
 from prefkit.api import Params, TensorInfo, TensorMethod, WeightParams, hookimpl
-from prefkit.ops import weighted_task_vectors
+from prefkit.ops import accumulator, scale_, task_vectors_
 
 
 class TaskArithmeticParams(Params):
@@ -41,14 +41,18 @@ class TaskArithmeticMethod(TensorMethod):
         model_params: Sequence[WeightParams],
         info: TensorInfo,
     ) -> torch.Tensor:
-        deltas, w = weighted_task_vectors(tensors, base, [p.weight for p in model_params])
-        mixed = deltas.sum(dim=0)
+        weights = [p.weight for p in model_params]
+        mixed = accumulator(base)
+        for delta, weight in zip(task_vectors_(tensors, base), weights):
+            mixed.add_(scale_(delta, weight))
+        mixed = mixed.to(base.dtype)
         if params.normalize:
-            divisor = w.sum()
-            mixed /= divisor if divisor.abs() >= 1e-8 else 1.0
+            divisor = torch.tensor(weights, dtype=base.dtype).sum()
+            if divisor.abs() >= 1e-8:
+                mixed /= divisor
         if params.lambda_ != 1:
             mixed *= params.lambda_
-        return (base + mixed).to(base.dtype)
+        return mixed.add_(base)
 
 
 @hookimpl

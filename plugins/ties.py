@@ -26,7 +26,16 @@ import torch
 from pydantic import Field
 
 from prefkit.api import Params, Scan, TensorInfo, TensorMethod, hookimpl
-from prefkit.ops import magnitude_magnitudes, rescale_l1, sign_consensus, topk_mask
+from prefkit.ops import (
+    accumulator,
+    agrees,
+    elected_positive,
+    magnitude_magnitudes,
+    rescale_l1_,
+    scale_,
+    task_vectors_,
+    topk_mask,
+)
 
 
 class TiesParams(Params):
@@ -148,30 +157,38 @@ class TiesMethod(TensorMethod):
         model_params: Sequence[TiesModelParams],
         info: TensorInfo,
     ) -> torch.Tensor:
-        trimmed = []
-        for i, (tensor, mp) in enumerate(zip(tensors, model_params)):
-            delta = tensor - base
+        weights = [mp.weight for mp in model_params]
+        deltas = task_vectors_(tensors, base)
+        for i, (delta, mp) in enumerate(zip(deltas, model_params)):
             if params.trim == "global":
-                mask = _global_mask(delta, info.state, i)
+                keep = _global_mask(delta, info.state, i)
             else:
-                mask = _tensor_mask(delta, mp.density)
-            if mask is not None:
-                kept = delta * mask
-                delta = rescale_l1(kept, delta) if params.rescale else kept
-            trimmed.append(delta)
-        deltas = torch.stack(trimmed)
-        weights = torch.tensor([mp.weight for mp in model_params], dtype=deltas.dtype)
-        weights = weights.reshape(-1, *([1] * base.dim()))
-        deltas.mul_(weights)
-        agree = sign_consensus(deltas, params.consensus)
-        mixed = (deltas * agree).sum(dim=0)
-        if params.normalize:
-            divisor = (weights * agree).sum(dim=0)
+                keep = _tensor_mask(delta, mp.density)
+            if keep is not None:
+                norm = delta.abs().sum() if params.rescale else None
+                delta.mul_(keep)
+                del keep
+                if norm is not None:
+                    rescale_l1_(delta, norm)
+            scale_(delta, weight=weights[i])
+        positive = elected_positive(deltas, params.consensus)
+        mixed = accumulator(base)
+        divisor = accumulator(base) if params.normalize else None
+        for delta, weight in zip(deltas, weights):
+            agree = agrees(delta, positive)
+            mixed.add_(delta.mul_(agree))
+            if divisor is not None:
+                divisor.add_(agree.to(divisor.dtype).mul_(torch.tensor(weight, dtype=base.dtype)))
+            del agree
+        del positive
+        mixed = mixed.to(base.dtype)
+        if divisor is not None:
+            divisor = divisor.to(base.dtype)
             divisor[divisor == 0] = 1
             mixed /= divisor
         if params.lambda_ != 1:
             mixed *= params.lambda_
-        return (base + mixed).to(base.dtype)
+        return mixed.add_(base)
 
 
 def _keep_count(density: float, n: int) -> int | None:

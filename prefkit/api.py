@@ -126,7 +126,11 @@ class TensorMethod(abc.ABC):
         model_params: Sequence[Params],
         info: TensorInfo,
     ) -> Any:
-        """Merge one tensor across models; must not modify its inputs.
+        """Merge one tensor across models.
+
+        The executor reads fresh buffers for every call: `tensors` belong to this call and may be
+        overwritten as scratch space (the built-ins turn them into task vectors in place, which
+        keeps peak memory near (models + 1) × the tensor). `base` must not be modified.
 
         Args:
             tensors: one tensor per model (recipe order), all of one shape, in the compute dtype.

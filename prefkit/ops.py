@@ -7,14 +7,20 @@ from collections.abc import Sequence
 import torch
 
 
-def weighted_task_vectors(
-    tensors: Sequence[torch.Tensor], base: torch.Tensor, weights: Sequence[float]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return w_i · (θ_i − θ_0) stacked as (m, *shape), and the weights shaped to broadcast."""
-    deltas = torch.stack([t - base for t in tensors])
-    w = torch.tensor(list(weights), dtype=deltas.dtype).reshape(-1, *([1] * base.dim()))
-    deltas.mul_(w)
-    return deltas, w
+def task_vectors_(tensors: Sequence[torch.Tensor], base: torch.Tensor) -> list[torch.Tensor]:
+    """θ_i − θ_0 computed in place in the (owned) input buffers; returns them."""
+    return [t.sub_(base) for t in tensors]
+
+
+def accumulator(like: torch.Tensor) -> torch.Tensor:
+    """A zeroed sum buffer: float32 for half dtypes (as torch's own sum accumulates), else alike."""
+    dtype = torch.float32 if like.dtype in (torch.float16, torch.bfloat16) else like.dtype
+    return torch.zeros(like.shape, dtype=dtype)
+
+
+def scale_(tensor: torch.Tensor, weight: float) -> torch.Tensor:
+    """Multiply in place by `weight` rounded to the tensor's dtype (as a weight tensor would be)."""
+    return tensor.mul_(torch.tensor(weight, dtype=tensor.dtype))
 
 
 def magnitude_magnitudes(delta: torch.Tensor) -> torch.Tensor:
@@ -44,25 +50,38 @@ def topk_mask(delta: torch.Tensor, k: int) -> torch.Tensor:
     return mask.reshape(delta.shape)
 
 
-def rescale_l1(masked: torch.Tensor, original: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Scale `masked` so its L1 norm matches `original`'s (mergekit's `rescale: true`)."""
-    before, after = original.abs().sum(), masked.abs().sum()
-    if before < eps or after < eps:
+def rescale_l1_(masked: torch.Tensor, norm_before: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Scale `masked` in place so its L1 norm is `norm_before` (mergekit's `rescale: true`)."""
+    after = masked.abs().sum()
+    if norm_before < eps or after < eps:
         return masked
-    return masked * (before / after)
+    return masked.mul_(norm_before / after)
+
+
+def elected_positive(deltas: Sequence[torch.Tensor], method: str = "sum") -> torch.Tensor:
+    """TIES sign election over weighted task vectors: True where the elected sign is +.
+
+    `sum`: the sign of Σ_i w_i δ̂_i (0 elects +). `count`: the sign held by more models (a tie
+    elects +). Entries that are 0 never agree with either sign.
+    """
+    total = accumulator(deltas[0])
+    if method == "sum":
+        for d in deltas:
+            total.add_(d)
+    elif method == "count":
+        for d in deltas:
+            total.add_(d.sign())
+    else:
+        raise ValueError(f"consensus must be 'sum' or 'count', not {method!r}")
+    return total.ge_(0).to(torch.bool)
+
+
+def agrees(delta: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Where `delta` carries the elected sign (zeros never agree)."""
+    return torch.where(positive, delta > 0, delta < 0)
 
 
 def sign_consensus(deltas: torch.Tensor, method: str = "sum") -> torch.Tensor:
-    """TIES sign election over weighted task vectors stacked on dim 0.
-
-    `sum`: the elected sign is that of Σ_i w_i δ̂_i (ties, = 0, elect +). `count`: the sign held by
-    more models (ties elect +). Returns the mask of entries whose sign agrees; zeros never agree.
-    """
-    sign = deltas.sign()
-    if method == "sum":
-        elected = (deltas.sum(dim=0) >= 0).to(deltas.dtype) * 2 - 1
-    elif method == "count":
-        elected = (sign.sum(dim=0) >= 0).to(deltas.dtype) * 2 - 1
-    else:
-        raise ValueError(f"consensus must be 'sum' or 'count', not {method!r}")
-    return sign == elected
+    """The agreement mask for task vectors stacked on dim 0 (see `elected_positive`)."""
+    positive = elected_positive(list(deltas), method)
+    return torch.stack([agrees(d, positive) for d in deltas])

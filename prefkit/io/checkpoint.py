@@ -1,15 +1,21 @@
 """Checkpoint index and lazy tensor reader.
 
 A checkpoint is a folder with `model.safetensors`, or shards listed by
-`model.safetensors.index.json`, plus `config.json`. Only headers are read to build the index; tensor
-bytes are read one tensor at a time through memory-mapped `safe_open` handles. PyTorch `.bin`
-checkpoints (many older hub models, e.g. the textattack ones) are read with
+`model.safetensors.index.json`, plus `config.json`. Only headers are read to build the index.
+
+Tensor bytes are read one tensor at a time with positioned reads (`readinto` at the offset the
+header gives) into a fresh buffer the caller owns. We chose this over `safe_open`'s memory map:
+the map's touched pages stay in the process's resident set for as long as the handle is open (so
+RSS grows to the size of every input), and its tensors are views a method must not write to. An
+owned buffer is freed when the merge of its tensor group ends and can serve as scratch space.
+PyTorch `.bin` checkpoints (many older hub models, e.g. the textattack ones) are read with
 `torch.load(mmap=True, weights_only=True)`, which maps the file instead of loading it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +37,8 @@ class TensorMeta:
     file: Path
     dtype: str  # torch dtype name, e.g. "float32"
     shape: tuple[int, ...]
+    offset: int = -1  # absolute file offset of the tensor's bytes (safetensors), -1 for .bin
+    nbytes: int = 0
 
     @property
     def numel(self) -> int:
@@ -134,7 +142,8 @@ def read_safetensors_header(file: Path) -> list[TensorMeta]:
         start, end = info["data_offsets"]
         if end > data_bytes:
             raise CheckpointError(f"{file}: tensor {name!r} lies past the end of the file (truncated?)")
-        metas.append(TensorMeta(name, file, dtype, tuple(info["shape"])))
+        metas.append(TensorMeta(name, file, dtype, tuple(info["shape"]), 8 + length + start,
+                                end - start))
     return metas
 
 
@@ -152,7 +161,7 @@ def read_bin_header(file: Path) -> list[TensorMeta]:
 
 
 class TensorReader:
-    """Reads single tensors, keeping one memory-mapped handle per file open."""
+    """Reads single tensors into fresh, owned buffers (see the module docstring)."""
 
     def __init__(self) -> None:
         self._handles: dict[Path, Any] = {}
@@ -164,22 +173,41 @@ class TensorReader:
             self._handles[meta.file] = handle
         try:
             if meta.file.suffix == ".bin":
-                return handle[meta.name]
-            return handle.get_tensor(meta.name)
+                return handle[meta.name].clone()
+            return _read_at(handle, meta)
+        except CheckpointError:
+            raise
         except Exception as exc:
             raise CheckpointError(f"{meta.file}: cannot read tensor {meta.name!r} ({exc})") from exc
 
     @staticmethod
     def _open(file: Path):
         import torch
-        from safetensors import safe_open
 
         try:
             if file.suffix == ".bin":
                 return torch.load(file, map_location="cpu", mmap=True, weights_only=True)
-            return safe_open(str(file), framework="pt")
+            return open(file, "rb", buffering=0)
         except Exception as exc:
             raise CheckpointError(f"{file}: cannot open ({exc})") from exc
 
     def close(self) -> None:
+        for handle in self._handles.values():
+            if hasattr(handle, "close"):
+                handle.close()
         self._handles.clear()
+
+
+def _read_at(fh, meta: TensorMeta):
+    import torch
+
+    buffer = torch.empty(meta.nbytes, dtype=torch.uint8)
+    view = memoryview(buffer.numpy())
+    done = 0
+    while done < meta.nbytes:
+        got = os.preadv(fh.fileno(), [view[done:]], meta.offset + done)
+        if got <= 0:
+            raise CheckpointError(f"{meta.file}: tensor {meta.name!r} is truncated")
+        done += got
+    dtype = getattr(torch, meta.dtype)
+    return buffer.view(dtype).reshape(meta.shape)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from prefkit.api import TensorInfo, WeightParams
 from prefkit.plugins.linear import LinearMethod, LinearParams
 from prefkit.plugins.task_arithmetic import TaskArithmeticMethod, TaskArithmeticParams
 from prefkit.plugins.ties import TiesMethod, TiesModelParams, TiesParams
-from prefkit.recipe import load_recipe
+
+from prefkit.api import TensorInfo, WeightParams
 from prefkit.plan import resolve
+from prefkit.recipe import load_recipe
 from tests.helpers import write_recipe
 
 INFO = TensorInfo("w", None, 0.0, ())
@@ -30,12 +30,17 @@ def groups(draw, min_models=2, max_models=5):
     return base, models, weights
 
 
+def fresh(tensors):
+    """Merge methods own their input buffers (they may overwrite them): pass copies."""
+    return [t.clone() for t in tensors]
+
+
 def _run(method, params, models, base, weights, densities=None):
     if isinstance(method, TiesMethod):
         mps = [TiesModelParams(weight=w, density=d) for w, d in zip(weights, densities)]
     else:
         mps = [WeightParams(weight=w) for w in weights]
-    return method.merge(models, base=base, params=params, model_params=mps, info=INFO)
+    return method.merge(fresh(models), base=base, params=params, model_params=mps, info=INFO)
 
 
 METHODS = [
@@ -69,10 +74,10 @@ def test_ties_density_one_with_agreeing_signs_is_task_arithmetic(group, normaliz
     direction[direction == 0] = 1
     models = [base + direction * ((m - base).abs() + 1e-3) for m in models]
     ties = TiesMethod().merge(
-        models, base=base, params=TiesParams.model_validate({"normalize": normalize, "lambda": 0.5}),
+        fresh(models), base=base,
+        params=TiesParams.model_validate({"normalize": normalize, "lambda": 0.5}),
         model_params=[TiesModelParams(weight=w, density=1.0) for w in weights], info=INFO)
-    ta = TaskArithmeticMethod().merge(
-        models, base=base,
+    ta = TaskArithmeticMethod().merge(fresh(models), base=base,
         params=TaskArithmeticParams.model_validate({"normalize": normalize, "lambda": 0.5}),
         model_params=[WeightParams(weight=w) for w in weights], info=INFO)
     torch.testing.assert_close(ties, ta, atol=1e-9, rtol=1e-9)

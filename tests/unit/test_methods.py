@@ -14,6 +14,11 @@ from prefkit.ops import sign_consensus, topk_mask
 INFO = TensorInfo("layer.0.weight", 0, 0.0, ("a", "b", "c"))
 
 
+def fresh(tensors):
+    """Merge methods own their input buffers (they may overwrite them): pass copies."""
+    return [t.clone() for t in tensors]
+
+
 def _inputs(seed=0, m=3, shape=(7, 5)):
     g = torch.Generator().manual_seed(seed)
     base = torch.randn(shape, generator=g)
@@ -53,7 +58,7 @@ def reference_ties(base, models, weights, densities, *, lam=1.0, normalize=True,
 def test_linear_is_weighted_mean():
     _, models = _inputs()
     w = [1.0, 2.0, 0.5]
-    got = LinearMethod().merge(models, base=None, params=LinearParams(),
+    got = LinearMethod().merge(fresh(models), base=None, params=LinearParams(),
                                model_params=[WeightParams(weight=x) for x in w], info=INFO)
     want = sum(wi * m for wi, m in zip(w, models)) / sum(w)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
@@ -61,7 +66,7 @@ def test_linear_is_weighted_mean():
 
 def test_linear_without_normalize_is_weighted_sum():
     _, models = _inputs()
-    got = LinearMethod().merge(models, base=None, params=LinearParams(normalize=False),
+    got = LinearMethod().merge(fresh(models), base=None, params=LinearParams(normalize=False),
                                model_params=[WeightParams(weight=x) for x in (1, 1, 1)], info=INFO)
     torch.testing.assert_close(got, models[0] + models[1] + models[2], atol=1e-6, rtol=0)
 
@@ -69,7 +74,7 @@ def test_linear_without_normalize_is_weighted_sum():
 def test_linear_keeps_half_precision_dtype():
     _, models = _inputs()
     half = [m.to(torch.bfloat16) for m in models]
-    got = LinearMethod().merge(half, base=None, params=LinearParams(),
+    got = LinearMethod().merge(fresh(half), base=None, params=LinearParams(),
                                model_params=[WeightParams(weight=1.0)] * 3, info=INFO)
     assert got.dtype == torch.bfloat16
 
@@ -79,8 +84,7 @@ def test_linear_keeps_half_precision_dtype():
 def test_task_arithmetic_formula(normalize, lam):
     base, models = _inputs()
     w = [0.5, 1.5, 1.0]
-    got = TaskArithmeticMethod().merge(
-        models, base=base,
+    got = TaskArithmeticMethod().merge(fresh(models), base=base,
         params=TaskArithmeticParams.model_validate({"normalize": normalize, "lambda": lam}),
         model_params=[WeightParams(weight=x) for x in w], info=INFO)
     tv = sum(wi * (m - base) for wi, m in zip(w, models))
@@ -95,8 +99,7 @@ def test_task_arithmetic_formula(normalize, lam):
 def test_ties_matches_reference(consensus, normalize, densities):
     base, models = _inputs(seed=3)
     w = [1.0, 0.7, 1.3]
-    got = TiesMethod().merge(
-        models, base=base,
+    got = TiesMethod().merge(fresh(models), base=base,
         params=TiesParams.model_validate({"normalize": normalize, "lambda": 0.9,
                                           "consensus": consensus}),
         model_params=[TiesModelParams(weight=a, density=d) for a, d in zip(w, densities)],
