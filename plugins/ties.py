@@ -29,11 +29,16 @@ from prefkit.api import Params, Scan, TensorInfo, TensorMethod, hookimpl
 from prefkit.ops import (
     accumulator,
     agrees,
+    bin_of_kth_largest,
+    bits_to_float,
     elected_positive,
-    magnitude_magnitudes,
+    high_histogram,
+    low_histogram,
+    magnitude_bits,
     rescale_l1_,
     scale_,
     task_vectors_,
+    threshold_mask,
     topk_mask,
 )
 
@@ -63,10 +68,6 @@ class GlobalThresholds:
     ties_left: list[int] = field(default_factory=list)
 
 
-def _bits(delta: torch.Tensor) -> torch.Tensor:
-    return magnitude_magnitudes(delta).float().view(torch.int32)
-
-
 class TiesMethod(TensorMethod):
     name = "ties"
     summary = "TIES: trim task vectors to top-k, elect signs, average the agreeing entries."
@@ -91,62 +92,40 @@ class TiesMethod(TensorMethod):
     def prepare(self, scan: Scan, params: TiesParams) -> GlobalThresholds | None:
         if params.trim != "global":
             return None
-        high: list[torch.Tensor] | None = None
+        high: list[torch.Tensor] = []
         counts: list[int] = []
         densities: list[float] = []
-        for item in scan():
-            if high is None:
-                m = len(item.tensors)
-                high = [torch.zeros(1 << 15, dtype=torch.int64) for _ in range(m)]
-                counts = [0] * m
+        for item in scan():  # round 1: high-bit histograms of every |τ_i|
+            if not high:
+                high = [torch.zeros(1 << 15, dtype=torch.int64) for _ in item.tensors]
+                counts = [0] * len(item.tensors)
                 densities = [mp.density for mp in item.model_params]
             for i, tensor in enumerate(item.tensors):
-                bits = _bits(tensor - item.base)
-                high[i] += torch.bincount(bits >> 16, minlength=1 << 15)
+                bits = magnitude_bits(tensor.sub_(item.base))
+                high[i] += high_histogram(bits)
                 counts[i] += bits.numel()
-        if high is None:
-            return GlobalThresholds([], [])
         ks = [_keep_count(d, n) for d, n in zip(densities, counts)]
-        # Round 1: the high-bit bin that holds each model's k-th largest magnitude.
-        bins: list[int | None] = []
-        above: list[int] = []
-        for i, k in enumerate(ks):
-            if k is None or k == 0:
-                bins.append(None)
-                above.append(0)
-                continue
-            from_top = torch.flip(high[i], [0]).cumsum(0)
-            idx = int(torch.searchsorted(from_top, k))
-            bins.append((1 << 15) - 1 - idx)
-            above.append(int(from_top[idx - 1]) if idx > 0 else 0)
-        # Round 2: the exact low bits inside that bin.
+        bins = [bin_of_kth_largest(h, k) if k else None for h, k in zip(high, ks)]
         low = [torch.zeros(1 << 16, dtype=torch.int64) for _ in ks]
-        if any(b is not None for b in bins):
-            for item in scan():
+        if any(bins):
+            for item in scan():  # round 2: low bits inside the bin that holds the k-th largest
                 for i, tensor in enumerate(item.tensors):
-                    if bins[i] is None:
-                        continue
-                    bits = _bits(tensor - item.base)
-                    inside = bits[(bits >> 16) == bins[i]]
-                    low[i] += torch.bincount(inside & 0xFFFF, minlength=1 << 16)
-        thresholds: list[float | None] = []
-        ties_left: list[int] = []
-        for i, k in enumerate(ks):
+                    if bins[i] is not None:
+                        low[i] += low_histogram(magnitude_bits(tensor.sub_(item.base)), bins[i][0])
+        state = GlobalThresholds([], [])
+        for k, found, histogram in zip(ks, bins, low):
             if k is None:  # density 1: keep everything
-                thresholds.append(None)
-                ties_left.append(0)
+                state.thresholds.append(None)
+                state.ties_left.append(0)
             elif k == 0:  # density 0: keep nothing
-                thresholds.append(float("inf"))
-                ties_left.append(0)
+                state.thresholds.append(float("inf"))
+                state.ties_left.append(0)
             else:
-                from_top = torch.flip(low[i], [0]).cumsum(0) + above[i]
-                idx = int(torch.searchsorted(from_top, k))
-                low_bits = (1 << 16) - 1 - idx
-                greater = int(from_top[idx - 1]) if idx > 0 else above[i]
-                value = torch.tensor([(bins[i] << 16) | low_bits], dtype=torch.int32)
-                thresholds.append(float(value.view(torch.float32)))
-                ties_left.append(k - greater)
-        return GlobalThresholds(thresholds, ties_left)
+                high_bin, above = found
+                low_bits, greater = bin_of_kth_largest(histogram, k, above)
+                state.thresholds.append(bits_to_float((high_bin << 16) | low_bits))
+                state.ties_left.append(k - greater)
+        return state
 
     def merge(
         self,
@@ -178,7 +157,8 @@ class TiesMethod(TensorMethod):
             agree = agrees(delta, positive)
             mixed.add_(delta.mul_(agree))
             if divisor is not None:
-                divisor.add_(agree.to(divisor.dtype).mul_(torch.tensor(weight, dtype=base.dtype)))
+                # the weight rounded to the compute dtype, as a weight tensor would be
+                divisor.add_(agree, alpha=float(torch.tensor(weight, dtype=base.dtype)))
             del agree
         del positive
         mixed = mixed.to(base.dtype)
@@ -209,13 +189,9 @@ def _global_mask(delta: torch.Tensor, state: GlobalThresholds, i: int) -> torch.
     threshold = state.thresholds[i]
     if threshold is None:
         return None
-    mag = magnitude_magnitudes(delta).float()
-    mask = mag > threshold
-    if state.ties_left[i] > 0:
-        equal = torch.nonzero(mag == threshold).flatten()[: state.ties_left[i]]
-        mask[equal] = True
-        state.ties_left[i] -= equal.numel()
-    return mask.reshape(delta.shape)
+    mask, taken = threshold_mask(delta, threshold, state.ties_left[i])
+    state.ties_left[i] -= taken  # the ties budget is spent in merge order
+    return mask
 
 
 @hookimpl

@@ -29,8 +29,47 @@ def magnitude_magnitudes(delta: torch.Tensor) -> torch.Tensor:
     return mag if mag.dtype == torch.float64 else mag.float()
 
 
+def magnitude_bits(delta: torch.Tensor) -> torch.Tensor:
+    """|δ| as float32 bit patterns (int32, flat): for non-negative floats, integer order = value
+    order, so exact selection can count bits instead of sorting."""
+    return magnitude_magnitudes(delta).float().view(torch.int32)
+
+
+def high_histogram(bits: torch.Tensor) -> torch.Tensor:
+    """Counts of the 2^15 high-bit bins of non-negative float32 bit patterns."""
+    return torch.bincount(bits >> 16, minlength=1 << 15)
+
+
+def low_histogram(bits: torch.Tensor, high_bin: int) -> torch.Tensor:
+    """Counts of the 2^16 low-bit values among the patterns in one high-bit bin."""
+    return torch.bincount(bits[(bits >> 16) == high_bin] & 0xFFFF, minlength=1 << 16)
+
+
+def bin_of_kth_largest(histogram: torch.Tensor, k: int, above: int = 0) -> tuple[int, int]:
+    """The bin holding the k-th largest entry (1-based), and how many entries lie above it.
+
+    `above` counts entries in higher bins already (for the second round of a radix select).
+    """
+    from_top = torch.flip(histogram, [0]).cumsum(0) + above
+    index = int(torch.searchsorted(from_top, k))
+    greater = int(from_top[index - 1]) if index > 0 else above
+    return histogram.numel() - 1 - index, greater
+
+
+def bits_to_float(pattern: int) -> float:
+    return float(torch.tensor([pattern], dtype=torch.int32).view(torch.float32))
+
+
+def kth_largest_magnitude(delta: torch.Tensor, k: int) -> tuple[float, int]:
+    """Exact k-th largest |δ| by a two-round radix select (no sort), and the count above it."""
+    bits = magnitude_bits(delta)
+    high, above = bin_of_kth_largest(high_histogram(bits), k)
+    low, greater = bin_of_kth_largest(low_histogram(bits, high), k, above)
+    return bits_to_float((high << 16) | low), greater
+
+
 def topk_mask(delta: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of the k entries of largest |δ|, found by selection (no full sort).
+    """Boolean mask of the k entries of largest |δ|, found by exact selection (no full sort).
 
     Ties at the cut-off: every entry strictly above the k-th largest magnitude is kept, and of the
     entries equal to it, those with the lowest flat indices fill the remaining places.
@@ -40,14 +79,21 @@ def topk_mask(delta: torch.Tensor, k: int) -> torch.Tensor:
         return torch.ones_like(delta, dtype=torch.bool)
     if k <= 0:
         return torch.zeros_like(delta, dtype=torch.bool)
-    mag = magnitude_magnitudes(delta)
-    threshold = torch.kthvalue(mag, n - k + 1).values
+    threshold, greater = kth_largest_magnitude(delta, k)
+    return threshold_mask(delta, threshold, k - greater)[0]
+
+
+def threshold_mask(delta: torch.Tensor, threshold: float, ties: int) -> tuple[torch.Tensor, int]:
+    """|δ| > threshold, plus the first `ties` entries (lowest flat index) equal to it; also
+    returns how many equal entries were taken."""
+    mag = magnitude_magnitudes(delta).float()
     mask = mag > threshold
-    missing = k - int(mask.sum())
-    if missing > 0:
-        equal = torch.nonzero(mag == threshold).flatten()[:missing]
+    taken = 0
+    if ties > 0:
+        equal = torch.nonzero(mag == threshold).flatten()[:ties]
         mask[equal] = True
-    return mask.reshape(delta.shape)
+        taken = equal.numel()
+    return mask.reshape(delta.shape), taken
 
 
 def rescale_l1_(masked: torch.Tensor, norm_before: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
