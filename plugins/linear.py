@@ -18,6 +18,7 @@ import torch
 from pydantic import Field
 
 from prefkit.api import Params, TensorInfo, TensorMethod, WeightParams, hookimpl
+from prefkit.ops import chunks
 
 
 class LinearParams(Params):
@@ -45,12 +46,16 @@ class LinearMethod(TensorMethod):
         first = tensors[0]
         dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
         weights = torch.tensor([p.weight for p in model_params], dtype=dtype)
-        result = torch.zeros_like(first, dtype=dtype)
-        for tensor, weight in zip(tensors, weights):
-            result.addcmul_(tensor, weight)
-        if params.normalize:
-            result.div_(weights.sum())
-        return result.to(first.dtype)
+        flats = [t.reshape(-1) for t in tensors]
+        out = flats[0]  # owned input buffer: the result is written over it, chunk by chunk
+        for part in chunks(out.numel()):
+            result = torch.zeros(part.stop - part.start, dtype=dtype)
+            for tensor, weight in zip(flats, weights):
+                result.addcmul_(tensor[part], weight)
+            if params.normalize:
+                result.div_(weights.sum())
+            out[part] = result
+        return out.reshape(first.shape)
 
 
 @hookimpl

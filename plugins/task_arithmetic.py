@@ -15,7 +15,7 @@ import torch
 from pydantic import Field
 
 from prefkit.api import Params, TensorInfo, TensorMethod, WeightParams, hookimpl
-from prefkit.ops import accumulator, scale_, task_vectors_
+from prefkit.ops import accumulator, chunks, scale_, task_vectors_
 
 
 class TaskArithmeticParams(Params):
@@ -41,18 +41,24 @@ class TaskArithmeticMethod(TensorMethod):
         model_params: Sequence[WeightParams],
         info: TensorInfo,
     ) -> torch.Tensor:
+        # task vectors in place in the owned inputs, then chunk by chunk into the first buffer
+        deltas = [t.reshape(-1) for t in task_vectors_(tensors, base)]
         weights = [p.weight for p in model_params]
-        mixed = accumulator(base)
-        for delta, weight in zip(task_vectors_(tensors, base), weights):
-            mixed.add_(scale_(delta, weight))
-        mixed = mixed.to(base.dtype)
-        if params.normalize:
-            divisor = torch.tensor(weights, dtype=base.dtype).sum()
-            if divisor.abs() >= 1e-8:
+        divisor = torch.tensor(weights, dtype=base.dtype).sum() if params.normalize else None
+        if divisor is not None and divisor.abs() < 1e-8:
+            divisor = None
+        flat_base, out = base.reshape(-1), deltas[0]
+        for part in chunks(out.numel()):
+            mixed = accumulator(flat_base[part])
+            for delta, weight in zip(deltas, weights):
+                mixed.add_(scale_(delta[part], weight))
+            mixed = mixed.to(base.dtype)
+            if divisor is not None:
                 mixed /= divisor
-        if params.lambda_ != 1:
-            mixed *= params.lambda_
-        return mixed.add_(base)
+            if params.lambda_ != 1:
+                mixed *= params.lambda_
+            out[part] = mixed.add_(flat_base[part])
+        return out.reshape(base.shape)
 
 
 @hookimpl

@@ -31,15 +31,15 @@ from prefkit.ops import (
     agrees,
     bin_of_kth_largest,
     bits_to_float,
+    chunks,
     elected_positive,
     high_histogram,
+    kth_largest_magnitude,
     low_histogram,
     magnitude_bits,
-    rescale_l1_,
     scale_,
     task_vectors_,
     threshold_mask,
-    topk_mask,
 )
 
 
@@ -101,17 +101,21 @@ class TiesMethod(TensorMethod):
                 counts = [0] * len(item.tensors)
                 densities = [mp.density for mp in item.model_params]
             for i, tensor in enumerate(item.tensors):
-                bits = magnitude_bits(tensor.sub_(item.base))
-                high[i] += high_histogram(bits)
-                counts[i] += bits.numel()
+                delta = tensor.sub_(item.base).reshape(-1)
+                for part in chunks(delta.numel()):
+                    high[i] += high_histogram(magnitude_bits(delta[part]))
+                counts[i] += delta.numel()
         ks = [_keep_count(d, n) for d, n in zip(densities, counts)]
         bins = [bin_of_kth_largest(h, k) if k else None for h, k in zip(high, ks)]
         low = [torch.zeros(1 << 16, dtype=torch.int64) for _ in ks]
         if any(bins):
             for item in scan():  # round 2: low bits inside the bin that holds the k-th largest
                 for i, tensor in enumerate(item.tensors):
-                    if bins[i] is not None:
-                        low[i] += low_histogram(magnitude_bits(tensor.sub_(item.base)), bins[i][0])
+                    if bins[i] is None:
+                        continue
+                    delta = tensor.sub_(item.base).reshape(-1)
+                    for part in chunks(delta.numel()):
+                        low[i] += low_histogram(magnitude_bits(delta[part]), bins[i][0])
         state = GlobalThresholds([], [])
         for k, found, histogram in zip(ks, bins, low):
             if k is None:  # density 1: keep everything
@@ -136,31 +140,51 @@ class TiesMethod(TensorMethod):
         model_params: Sequence[TiesModelParams],
         info: TensorInfo,
     ) -> torch.Tensor:
-        weights = [mp.weight for mp in model_params]
-        deltas = task_vectors_(tensors, base)
-        for i, (delta, mp) in enumerate(zip(deltas, model_params)):
-            if params.trim == "global":
-                keep = _global_mask(delta, info.state, i)
-            else:
-                keep = _tensor_mask(delta, mp.density)
-            if keep is not None:
-                norm = delta.abs().sum() if params.rescale else None
-                delta.mul_(keep)
-                del keep
-                if norm is not None:
-                    rescale_l1_(delta, norm)
-            scale_(delta, weight=weights[i])
-        positive = elected_positive(deltas, params.consensus)
+        # Task vectors in place in the owned input buffers; after the per-model cut-offs are
+        # known, everything is elementwise, so it runs chunk by chunk and the result is written
+        # over the first input's buffer: peak memory stays at the inputs plus a few chunks.
+        deltas = [t.reshape(-1) for t in task_vectors_(tensors, base)]
+        cuts = [self._cut(d, i, mp, params, info) for i, (d, mp) in enumerate(zip(deltas, model_params))]
+        ratios = [_rescale_ratio(d, cut) if params.rescale else None for d, cut in zip(deltas, cuts)]
+        flat_base, out = base.reshape(-1), deltas[0]
+        for part in chunks(out.numel()):
+            parts = [d[part] for d in deltas]
+            for delta, cut, ratio, mp in zip(parts, cuts, ratios, model_params):
+                if cut is not None:
+                    delta.mul_(cut.mask(delta))
+                if ratio is not None:
+                    delta.mul_(ratio)
+                scale_(delta, mp.weight)
+            out[part] = self._disjoint_merge(parts, flat_base[part], params, model_params)
+        if info.state is not None:  # spend the global ties budget in merge order
+            info.state.ties_left[:] = [c.ties if c is not None else 0 for c in cuts]
+        return out.reshape(base.shape)
+
+    @staticmethod
+    def _cut(delta, i, mp: TiesModelParams, params: TiesParams, info: TensorInfo) -> _Cut | None:
+        if params.trim == "global":
+            threshold = info.state.thresholds[i]
+            return None if threshold is None else _Cut(threshold, info.state.ties_left[i])
+        k = _keep_count(mp.density, delta.numel())
+        if k is None:
+            return None
+        if k == 0:
+            return _Cut(float("inf"), 0)
+        threshold, greater = kth_largest_magnitude(delta, k)
+        return _Cut(threshold, k - greater)
+
+    @staticmethod
+    def _disjoint_merge(parts, base, params: TiesParams, model_params) -> torch.Tensor:
+        """Elect signs and average the agreeing weighted task vectors (one chunk)."""
+        positive = elected_positive(parts, params.consensus)
         mixed = accumulator(base)
         divisor = accumulator(base) if params.normalize else None
-        for delta, weight in zip(deltas, weights):
+        for delta, mp in zip(parts, model_params):
             agree = agrees(delta, positive)
             mixed.add_(delta.mul_(agree))
             if divisor is not None:
                 # the weight rounded to the compute dtype, as a weight tensor would be
-                divisor.add_(agree, alpha=float(torch.tensor(weight, dtype=base.dtype)))
-            del agree
-        del positive
+                divisor.add_(agree, alpha=float(torch.tensor(mp.weight, dtype=base.dtype)))
         mixed = mixed.to(base.dtype)
         if divisor is not None:
             divisor = divisor.to(base.dtype)
@@ -171,6 +195,34 @@ class TiesMethod(TensorMethod):
         return mixed.add_(base)
 
 
+@dataclass
+class _Cut:
+    """Keep |τ| > threshold, plus the next `ties` entries equal to it (in flat order)."""
+
+    threshold: float
+    ties: int
+
+    def mask(self, delta: torch.Tensor) -> torch.Tensor:
+        mask, taken = threshold_mask(delta, self.threshold, self.ties)
+        self.ties -= taken
+        return mask
+
+
+def _rescale_ratio(delta: torch.Tensor, cut: _Cut | None, eps: float = 1e-7) -> torch.Tensor | None:
+    """mergekit's `rescale`: ‖τ‖₁ / ‖trim(τ)‖₁ (1 when either is below eps), chunk by chunk."""
+    if cut is None:
+        return None
+    probe = _Cut(cut.threshold, cut.ties)
+    before = after = 0.0
+    for part in chunks(delta.numel()):
+        mag = delta[part].abs()
+        before += float(mag.sum(dtype=torch.float64))
+        after += float((mag * probe.mask(delta[part])).sum(dtype=torch.float64))
+    if before < eps or after < eps:
+        return None
+    return torch.tensor(before / after, dtype=delta.dtype)
+
+
 def _keep_count(density: float, n: int) -> int | None:
     """Entries kept out of n (mergekit's rule), or None for 'all'."""
     if density >= 1:
@@ -178,20 +230,6 @@ def _keep_count(density: float, n: int) -> int | None:
     if density <= 0 or n == 0:
         return 0
     return max(1, int(density * n))
-
-
-def _tensor_mask(delta: torch.Tensor, density: float) -> torch.Tensor | None:
-    k = _keep_count(density, delta.numel())
-    return None if k is None else topk_mask(delta, k)
-
-
-def _global_mask(delta: torch.Tensor, state: GlobalThresholds, i: int) -> torch.Tensor | None:
-    threshold = state.thresholds[i]
-    if threshold is None:
-        return None
-    mask, taken = threshold_mask(delta, threshold, state.ties_left[i])
-    state.ties_left[i] -= taken  # the ties budget is spent in merge order
-    return mask
 
 
 @hookimpl

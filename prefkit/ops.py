@@ -60,12 +60,28 @@ def bits_to_float(pattern: int) -> float:
     return float(torch.tensor([pattern], dtype=torch.int32).view(torch.float32))
 
 
+CHUNK = 1 << 20  # elements per chunk: large enough to amortise Python, small enough for cache
+
+
+def chunks(n: int, size: int = CHUNK):
+    """Slices covering range(n) in order, `size` elements each (the last may be shorter)."""
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
 def kth_largest_magnitude(delta: torch.Tensor, k: int) -> tuple[float, int]:
-    """Exact k-th largest |δ| by a two-round radix select (no sort), and the count above it."""
-    bits = magnitude_bits(delta)
-    high, above = bin_of_kth_largest(high_histogram(bits), k)
-    low, greater = bin_of_kth_largest(low_histogram(bits, high), k, above)
-    return bits_to_float((high << 16) | low), greater
+    """Exact k-th largest |δ| by a two-round radix select, chunk by chunk (no sort, no full-size
+    temporaries), and the number of entries strictly above it."""
+    flat = delta.reshape(-1)
+    high = torch.zeros(1 << 15, dtype=torch.int64)
+    for part in chunks(flat.numel()):
+        high += high_histogram(magnitude_bits(flat[part]))
+    high_bin, above = bin_of_kth_largest(high, k)
+    low = torch.zeros(1 << 16, dtype=torch.int64)
+    for part in chunks(flat.numel()):
+        low += low_histogram(magnitude_bits(flat[part]), high_bin)
+    low_bits, greater = bin_of_kth_largest(low, k, above)
+    return bits_to_float((high_bin << 16) | low_bits), greater
 
 
 def topk_mask(delta: torch.Tensor, k: int) -> torch.Tensor:
