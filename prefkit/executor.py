@@ -45,11 +45,15 @@ def _torch_dtype(name: str):
 
 
 class _Loader:
-    """Reads a tensor group: inputs and base in the compute dtype, heads zero-padded."""
+    """Reads a tensor group: inputs and base in the compute dtype, heads zero-padded.
 
-    def __init__(self, has_base: bool):
+    `uses_base`: the method takes a base (a tensor the base lacks, e.g. a classifier head, is
+    then zeros); otherwise the base is not read at all.
+    """
+
+    def __init__(self, uses_base: bool):
         self.reader = TensorReader()
-        self.has_base = has_base
+        self.uses_base = uses_base
 
     def _read(self, meta: TensorMeta | None, plan: TensorPlan):
         import torch
@@ -70,7 +74,7 @@ class _Loader:
         if plan.copy:
             return [self.reader.read(plan.base or plan.sources[0])], None
         tensors = [self._read(meta, plan) for meta in plan.sources]
-        base = self._read(plan.base, plan) if (plan.base is not None or self.has_base) else None
+        base = self._read(plan.base, plan) if self.uses_base else None
         return tensors, base
 
 
@@ -112,17 +116,23 @@ def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes
         "recipe_sha256": plan.loaded.digest,
     })
     method = plan.method.method
-    has_base = plan.base is not None and method.base == "required"
-    loader = _Loader(has_base)
-    state = method.prepare(lambda: _scan(plan, _Loader(has_base)), plan.shared_params)
+    uses_base = plan.base is not None and method.base == "required"
+    loader = _Loader(uses_base)
+    state = method.prepare(lambda: _scan(plan, _Loader(uses_base)), plan.shared_params)
     total = sum(o.nbytes for o in outs)
     reporter.start(len(outs), total, f"{method.name} → {plan.output}")
     try:
+        # Reading the next group overlaps merging this one, unless the two together would
+        # outgrow the largest single group: peak memory stays that of the largest group.
+        sizes = [_group_bytes(tp, uses_base) for tp in plan.tensors]
+        limit = max(sizes, default=0)
+        n = len(plan.tensors)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefkit-read") as pool:
             pending = pool.submit(loader.load, plan.tensors[0]) if plan.tensors else None
             for i, tp in enumerate(plan.tensors):
                 tensors, base = pending.result()
-                if i + 1 < len(plan.tensors):
+                overlap = i + 1 < n and sizes[i] + sizes[i + 1] <= limit
+                if overlap:
                     pending = pool.submit(loader.load, plan.tensors[i + 1])
                 if tp.copy:
                     result = tensors[0]
@@ -132,6 +142,8 @@ def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes
                 writer.write(tp.name, result)
                 reporter.advance(tp.name, outs[i].nbytes)
                 del tensors, base, result
+                if i + 1 < n and not overlap:
+                    pending = pool.submit(loader.load, plan.tensors[i + 1])
         writer.close()
     except BaseException:
         writer.abort()
@@ -139,6 +151,11 @@ def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes
     finally:
         loader.reader.close()
     return total
+
+
+def _group_bytes(tp: TensorPlan, uses_base: bool) -> int:
+    count = len(tp.sources) + (1 if uses_base and not tp.copy else 0)
+    return count * OutTensor(tp.name, tp.compute_dtype, tp.shape).nbytes
 
 
 def _merge_one(plan: Plan, tp: TensorPlan, tensors, base, state):
