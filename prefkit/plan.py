@@ -120,6 +120,7 @@ class _Resolver:
         self.method: RegisteredMethod | None = None
         self.global_settings: dict[str, Any] = {}
         self.model_settings: list[dict[str, Any]] = []
+        self._reported: set[tuple] = set()
 
     def err(self, loc: tuple, message: str, hint: str | None = None, cls=RecipeError) -> None:
         self.errors.append(self.loaded.error(loc, message, hint, cls))
@@ -156,12 +157,26 @@ class _Resolver:
                     self.err(("models", i, "parameters", "weight"),
                              "weight and preference both given",
                              "preference sets each model's weight (m·p_i/Σp); drop one of them")
+        self._check_required(method)
         if method.base == "required" and not self.recipe.base_model:
             self.err(("merge_method",), f"method {method.name!r} needs base_model",
                      "add base_model: the pretrained model the others were tuned from")
         if self.recipe.tokenizer_source == "union":
             self.err(("tokenizer_source",), "tokenizer_source: union is not supported",
                      "use base (default) or a model path")
+
+    def _check_required(self, method) -> None:
+        """A per-model parameter without default must be set for every model (or by preference)."""
+        for field, info in method.ModelParams.model_fields.items():
+            name = info.alias or field
+            if not info.is_required() or (name == "weight" and self.recipe.preference):
+                continue
+            for i, settings in enumerate(self.model_settings):
+                if name not in settings and name not in self.global_settings:
+                    self.err(("models", i), f"parameter {name!r} is not set for model "
+                             f"{self.recipe.models[i].model}",
+                             "set it under parameters: (all models) or models[].parameters"
+                             + (", or give a preference" if name == "weight" else ""))
 
     def _base_listed(self) -> bool:
         return any(m.model == self.recipe.base_model for m in self.recipe.models)
@@ -354,11 +369,14 @@ class _Resolver:
             e = exc.errors()[0]
             field = ".".join(str(p) for p in e["loc"])
             who = f" of model {model}" if model else ""
+            if (field, model, e["type"]) in self._reported:
+                return None  # one line per problem, not one per tensor
+            self._reported.add((field, model, e["type"]))
             if e["type"] == "missing":
                 hint = ("set it under parameters: (all models) or models[].parameters, "
                         "or give a preference")
-                self.err(("parameters",), f"parameter {field!r}{who} is not set for tensor "
-                         f"{tensor!r}", hint)
+                self.err(("parameters",), f"parameter {field!r}{who} is not set (first needed "
+                         f"for tensor {tensor!r})", hint)
             else:
                 self.err(("parameters", field), f"{e['msg']} for tensor {tensor!r}{who}")
             return None

@@ -168,7 +168,7 @@ ERROR_CASES = [
     (TIES.replace("density: 0.5", "weight: 1.0"), 3,
      "recipe.yaml:13:3: parameters.weight: weight and preference both given"),
     (TIES.replace("preference: [0.5, 0.2, 0.2, 0.1]", ""), 3,
-     "parameter 'weight' of model zoo/ag_news is not set for tensor"),
+     "recipe.yaml:4:5: models[0]: parameter 'weight' is not set for model zoo/ag_news"),
     (TIES.replace("base_model: zoo/base\n", ""), 3, "method 'ties' needs base_model"),
     (TIES.replace("zoo/imdb", "zoo/nothing"), 3,
      "recipe.yaml:6:5: models[1].model: model 'zoo/nothing': no such folder"),
@@ -219,3 +219,12 @@ def test_traceback_flag_shows_traceback(cli, workdir):
                                          ("1000", 1000), ("1.5kb", 1500)])
 def test_parse_size(text, size):
     assert parse_size(text) == size
+
+
+def test_missing_parameter_is_reported_once_per_model(cli, workdir):
+    recipe = write_recipe(workdir, TIES.replace("preference: [0.5, 0.2, 0.2, 0.1]", ""))
+    result = invoke(cli, "validate", recipe)
+    assert result.exit_code == 3
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 4 and all("parameter 'weight' is not set for model zoo/" in e for e in errors)
+    assert errors[1].startswith(f"Error: {recipe}:6:5: models[1]: ")
