@@ -55,6 +55,14 @@ class UnknownMethodError(RecipeError):
     pass
 
 
+class UnknownTaskError(RecipeError):
+    pass
+
+
+class DataError(PrefkitError):
+    """A task's data cannot be loaded or do not fit (missing split or field, label mismatch)."""
+
+
 class PluginError(PrefkitError):
     """A plugin failed to load or broke the hook contract."""
 

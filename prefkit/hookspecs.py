@@ -37,3 +37,21 @@ def prefkit_register_methods(register: Callable[[Any], None]) -> None:
     Returns:
         Nothing; the return value is ignored.
     """
+
+
+@hookspec
+def prefkit_register_tasks(register: Callable[[Any], None]) -> None:
+    """Register evaluation / training tasks.
+
+    Called once per plugin when the registry is built.
+
+    Args:
+        register: call it once per task, e.g. ``register(Task(name="imdb", ...))`` with a
+            `prefkit.api.Task`: its dataset (a `datasets` loader spec or a `loader` function),
+            text field(s), label field and names, split names and metrics. The registry records
+            which plugin registered it; a name registered by two plugins raises `PluginError`
+            naming both.
+
+    Returns:
+        Nothing; the return value is ignored.
+    """

@@ -17,7 +17,7 @@ from typing import Any
 import pluggy
 
 from prefkit import hookspecs
-from prefkit.errors import DuplicateMethodError, PluginError, UnknownMethodError
+from prefkit.errors import DuplicateMethodError, PluginError, UnknownMethodError, UnknownTaskError
 
 ENTRY_POINT_GROUP = "prefkit"
 
@@ -29,14 +29,33 @@ class RegisteredMethod:
     distribution: str  # "name version" of the installed distribution, or "" for ad-hoc plugins
 
 
+@dataclass(frozen=True)
+class RegisteredTask:
+    task: Any
+    plugin: str
+    distribution: str
+
+
 @dataclass
 class Registry:
-    """Methods by name, with the plugin that provided each; failures of plugins that did not load."""
+    """Methods and tasks by name, with the plugin that provided each; plugins that failed to load."""
 
     pm: pluggy.PluginManager
     methods: dict[str, RegisteredMethod] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
+    tasks: dict[str, RegisteredTask] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # plugin -> error line
+
+    def task(self, name: str) -> RegisteredTask:
+        if name in self.tasks:
+            return self.tasks[name]
+        close = difflib.get_close_matches(name, list(self.tasks), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UnknownTaskError(
+            f"unknown task {name!r}",
+            hint=hint + f"registered: {', '.join(sorted(self.tasks)) or 'none'}; "
+            "run `prefkit tasks`, or define the task inline in the recipe",
+        )
 
     def get(self, name: str) -> RegisteredMethod:
         canonical = self.aliases.get(name, name)
@@ -95,7 +114,27 @@ def load_registry(
                           hint="rename the function to a hook in prefkit.hookspecs") from exc
     for impl in pm.hook.prefkit_register_methods.get_hookimpls():
         _call_register(registry, impl, distributions.get(impl.plugin_name, ""))
+    for impl in pm.hook.prefkit_register_tasks.get_hookimpls():
+        _call_register_tasks(registry, impl, distributions.get(impl.plugin_name, ""))
     return registry
+
+
+def _call_register_tasks(registry: Registry, impl: pluggy.HookImpl, distribution: str) -> None:
+    plugin = impl.plugin_name
+
+    def register(task: Any) -> None:
+        for attr in ("name", "dataset", "text_fields", "label_names"):
+            if not hasattr(task, attr):
+                raise PluginError(f"plugin {plugin!r} registered {task!r}, which has no {attr!r}",
+                                  plugin=plugin, hint="register a prefkit.api.Task")
+        other = registry.tasks.get(task.name)
+        if other is not None:
+            raise PluginError(f"task {task.name!r} is registered by both plugin {other.plugin!r} "
+                              f"and plugin {plugin!r}", plugin=plugin,
+                              hint="uninstall one of them or block it with PREFKIT_DISABLE_PLUGINS")
+        registry.tasks[task.name] = RegisteredTask(task, plugin, distribution)
+
+    impl.function(register=register)
 
 
 def _register_plugin(pm: pluggy.PluginManager, name: str, plugin: object) -> None:
