@@ -163,6 +163,8 @@ class Task:
         metrics: metric names reported by evaluation.
         summary: one line for `prefkit tasks`.
         source: where the data come from and their licence.
+        known_label_orders: documented output orders of known models (hub id → label names in
+            the model's output order), for models whose config only says LABEL_0..k.
     """
 
     name: str
@@ -178,6 +180,7 @@ class Task:
     metrics: tuple[str, ...] = ("accuracy", "macro_f1")
     summary: str = ""
     source: str = ""
+    known_label_orders: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def num_labels(self) -> int:

@@ -7,6 +7,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import click
 
@@ -137,6 +138,53 @@ def build_cli(registry_factory: RegistryFactory = _default_registry) -> click.Gr
             aliases = f" ({', '.join(row['aliases'])})" if row["aliases"] else ""
             table.add_row(row["name"] + aliases, row["kind"], row["plugin"], row["summary"])
         Console(width=160).print(table)
+
+    @cli.command()
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    def tasks(as_json: bool) -> None:
+        """List the registered tasks: dataset, labels, metrics and the plugin that provides each."""
+        rows = [{"name": name, "dataset": reg.task.dataset, "fields": list(reg.task.text_fields),
+                 "labels": list(reg.task.label_names), "splits": reg.task.splits,
+                 "metrics": list(reg.task.metrics), "plugin": reg.plugin,
+                 "summary": reg.task.summary, "source": reg.task.source}
+                for name, reg in sorted(registry().tasks.items())]
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("task", "dataset", "labels", "plugin", "summary")
+        for row in rows:
+            table.add_row(row["name"], row["dataset"], ", ".join(row["labels"]), row["plugin"],
+                          row["summary"])
+        Console(width=160).print(table)
+
+    @cli.command("eval")
+    @click.argument("model", type=click.Path(file_okay=False))
+    @click.option("--tasks", "task_names", help="Comma-separated tasks; default: the merged models' tasks.")
+    @click.option("--split", default="test", show_default=True,
+                  type=click.Choice(["train", "validation", "test"]))
+    @click.option("--num-samples", type=click.IntRange(min=1), help="Score a seeded subset of this size.")
+    @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+    @click.option("--max-length", default=128, show_default=True, type=click.IntRange(min=8))
+    @click.option("--device", default="auto", show_default=True,
+                  type=click.Choice(["auto", "cpu", "cuda", "mps"]))
+    @click.option("--seed", default=0, show_default=True, help="Seed of the example subset.")
+    @click.option("--heads", type=click.Choice(["padded", "per_task"]),
+                  help="Default: as the model was merged.")
+    @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+    def eval_command(model, task_names, split, num_samples, batch_size, max_length, device, seed,
+                     heads, quiet) -> None:
+        """Score a model folder per task; writes results.json beside it, prints it on stdout."""
+        from prefkit.commands.evaluation import evaluate_and_report
+        from prefkit.eval.evaluate import EvalSettings
+
+        names = [t.strip() for t in task_names.split(",") if t.strip()] if task_names else None
+        settings = EvalSettings(split, num_samples, batch_size, max_length, device, seed)
+        results = evaluate_and_report(Path(model), names, registry(), settings, heads=heads,
+                                      quiet=quiet)
+        click.echo(json.dumps(results, indent=2))
 
     return cli
 

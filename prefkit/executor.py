@@ -210,12 +210,36 @@ def _write_side_files(plan: Plan, folder: Path, seconds: float) -> None:
         "plan_sha256": plan.digest,
         "inputs": [{"model": m.label, "path": str(m.path), "task": m.task,
                     "fingerprint": fingerprint(m.checkpoint),
-                    "role": "base" if m is plan.base else "model"} for m in models],
+                    "role": "base" if m is plan.base else "model",
+                    "id2label": (m.checkpoint.config or {}).get("id2label"),
+                    "labels": list(m.labels) if m.labels else None} for m in models],
+        "heads": plan.loaded.recipe.heads,
+        "head_tensors": plan.head_tensors,
         "preference": plan.loaded.recipe.preference,
         "notes": list(plan.notes),
         "timings": {"merge_seconds": round(seconds, 3)},
     }
     (folder / "prefkit.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    if plan.loaded.recipe.heads == "per_task":
+        _write_task_heads(plan, folder / "heads")
+
+
+def _write_task_heads(plan: Plan, folder: Path) -> None:
+    """Each task's own (unpadded) head tensors, for evaluation with per-task heads."""
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    reader = TensorReader()
+    try:
+        for model in plan.inputs:
+            if model.task is None:
+                continue
+            tensors = {name: reader.read(model.checkpoint.tensors[name])
+                       for name in plan.head_tensors if name in model.checkpoint.tensors}
+            save_file(tensors, str(folder / f"{model.task}.safetensors"),
+                      metadata={"model": model.label})
+    finally:
+        reader.close()
 
 
 def _replace(tmp: Path, out: Path) -> None:

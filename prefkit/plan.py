@@ -24,6 +24,7 @@ from prefkit.recipe.loader import LoadedRecipe
 from prefkit.recipe.settings import evaluate, setting_problems
 from prefkit.registry import RegisteredMethod, Registry
 
+HEAD_PREFIXES = ("classifier.", "score.", "pre_classifier.")
 FLOAT_DTYPES = {"float64", "float32", "float16", "bfloat16"}
 _LAYER = re.compile(r"(?:^|\.)(?:layers?|h|blocks?)\.(\d+)\.")
 
@@ -34,6 +35,7 @@ class ModelInput:
     path: Path
     task: str | None
     checkpoint: Checkpoint
+    labels: tuple[str, ...] | None = None  # the recipe's `labels:` (task labels in output order)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,13 @@ class Plan:
     out_config: dict[str, Any] | None
     tokenizer_source: Path | None
     notes: tuple[str, ...]  # things the user should know (dropped tensors, padded heads)
+
+    @property
+    def head_tensors(self) -> list[str]:
+        """Classifier tensors: padded ones, ones the base lacks, and those under a head module."""
+        return [t.name for t in self.tensors if not t.copy and (
+            t.padded or (self.base is not None and t.base is None)
+            or t.name.startswith(HEAD_PREFIXES))]
 
     @property
     def digest(self) -> str:
@@ -158,6 +167,7 @@ class _Resolver:
                              "weight and preference both given",
                              "preference sets each model's weight (m·p_i/Σp); drop one of them")
         self._check_required(method)
+        self._check_tasks()
         if method.base == "required" and not self.recipe.base_model:
             self.err(("merge_method",), f"method {method.name!r} needs base_model",
                      "add base_model: the pretrained model the others were tuned from")
@@ -177,6 +187,24 @@ class _Resolver:
                              f"{self.recipe.models[i].model}",
                              "set it under parameters: (all models) or models[].parameters"
                              + (", or give a preference" if name == "weight" else ""))
+
+    def _check_tasks(self) -> None:
+        """With `evaluate:`, every task must be registered or defined inline; labels: must fit."""
+        if self.recipe.evaluate is None:
+            return
+        inline = self.recipe.tasks or {}
+        named = [(("models", i, "task"), m.task) for i, m in enumerate(self.recipe.models) if m.task]
+        named += [(("evaluate", "tasks", i), t) for i, t in enumerate(self.recipe.evaluate.tasks or [])]
+        if not named:
+            self.err(("evaluate",), "nothing to evaluate: no model has a task:",
+                     "add task: to the models, or evaluate: {tasks: [...]}")
+        for loc, name in named:
+            if name in inline:
+                continue
+            try:
+                self.registry.task(name)
+            except RecipeError as exc:
+                self.err(loc, exc.message, exc.hint, type(exc))
 
     def _base_listed(self) -> bool:
         return any(m.model == self.recipe.base_model for m in self.recipe.models)
@@ -214,7 +242,7 @@ class _Resolver:
         base = None
         if self.recipe.base_model:
             base = self._open(self.recipe.base_model, ("base_model",), None, recipe_dir)
-        inputs = [self._open(m.model, ("models", i, "model"), m.task, recipe_dir)
+        inputs = [self._open(m.model, ("models", i, "model"), m.task, recipe_dir, m.labels)
                   for i, m in enumerate(self.recipe.models)]
         method = self.method.method
         notes = []
@@ -241,10 +269,12 @@ class _Resolver:
             notes=tuple(notes),
         )
 
-    def _open(self, ref: str, loc: tuple, task: str | None, recipe_dir: Path) -> ModelInput | None:
+    def _open(self, ref: str, loc: tuple, task: str | None, recipe_dir: Path,
+              labels: list[str] | None = None) -> ModelInput | None:
         try:
             path = resolve_model(ref, recipe_dir)
-            return ModelInput(ref, path, task, Checkpoint.open(path))
+            return ModelInput(ref, path, task, Checkpoint.open(path),
+                              tuple(labels) if labels else None)
         except CheckpointError as exc:
             self.err(loc, exc.message, exc.hint)
             return None
@@ -332,7 +362,7 @@ class _Resolver:
         labels = [_num_labels(m.checkpoint.config) for m in inputs]
         is_head = len(tails) == 1 and all(s for s in shapes) and all(
             lab is None or meta.shape[0] == lab for lab, meta in zip(labels, metas))
-        if is_head and self.recipe.heads == "padded":
+        if is_head:  # padded for both head modes; per_task also keeps each task's own head
             return (max(s[0] for s in shapes), *next(iter(tails)))
         described = [f"{list(meta.shape)} in {m.label}" for m, meta in zip(inputs, metas)]
         if base_meta is not None:

@@ -35,10 +35,11 @@ class RichReporter:
     stay readable.
     """
 
-    def __init__(self, console=None):
+    def __init__(self, console=None, unit: str = "tensors"):
         from rich.console import Console
 
         self.console = console or Console(stderr=True)
+        self.unit = unit  # "tensors" (the total is bytes) or a count unit such as "examples"
         self._progress = None
         self._task = None
 
@@ -52,15 +53,17 @@ class RichReporter:
             TransferSpeedColumn,
         )
 
+        counting = self.unit != "tensors"
         if not self.console.is_terminal:
-            self.console.print(f"{description}: {total_tensors} tensors, {total_bytes / 1e6:.1f} MB")
+            size = "" if counting else f", {total_bytes / 1e6:.1f} MB"
+            self.console.print(f"{description}: {total_tensors} {self.unit}{size}")
             return
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(),
-            TextColumn("{task.fields[done]}/{task.fields[tensors]} tensors"),
-            DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-            console=self.console, transient=False,
-        )
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(),
+                   TextColumn("{task.fields[done]}/{task.fields[tensors]} " + self.unit)]
+        if not counting:
+            columns += [DownloadColumn(), TransferSpeedColumn()]
+        self._progress = Progress(*columns, TimeRemainingColumn(), console=self.console,
+                                  transient=False)
         self._progress.start()
         self._done = 0
         self._task = self._progress.add_task(description, total=total_bytes, done=0,

@@ -36,10 +36,12 @@ def run_batch(recipes, registry, *, output, overrides, force, quiet, max_shard_b
                     reporter.note(note)
                 result = execute(plan, reporter=reporter, force=force,
                                  max_shard_bytes=max_shard_bytes)
-                click.echo(json.dumps({
-                    "recipe": path, "status": "ok", "output": str(result.output),
-                    "method": plan.method.method.name, "tensors": result.tensors,
-                    "bytes": result.bytes_written, "seconds": round(result.seconds, 3)}))
+                line = {"recipe": path, "status": "ok", "output": str(result.output),
+                        "method": plan.method.method.name, "tensors": result.tensors,
+                        "bytes": result.bytes_written, "seconds": round(result.seconds, 3)}
+                if loaded.recipe.evaluate is not None:
+                    line["results"] = _evaluate(loaded, result.output, registry, quiet)["tasks"]
+                click.echo(json.dumps(line))
                 continue
             except PrefkitError as exc:
                 error = exc
@@ -48,3 +50,16 @@ def run_batch(recipes, registry, *, output, overrides, force, quiet, max_shard_b
         click.echo(json.dumps({"recipe": path, "status": "failed",
                                "exit_code": int(error.exit_code), "error": error.message}))
     return int(worst)
+
+
+def _evaluate(loaded, output, registry, quiet):
+    """The recipe's `evaluate:` step on the merged output."""
+    from prefkit.commands.evaluation import evaluate_and_report
+    from prefkit.eval.evaluate import EvalSettings
+    from prefkit.eval.run import inline_tasks
+
+    spec = loaded.recipe.evaluate
+    settings = EvalSettings(spec.split, spec.num_samples, spec.batch_size, spec.max_length,
+                            spec.device, spec.seed)
+    return evaluate_and_report(output, spec.tasks, registry, settings, heads=loaded.recipe.heads,
+                               extra_tasks=inline_tasks(loaded.recipe.tasks), quiet=quiet)

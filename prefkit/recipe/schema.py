@@ -32,6 +32,33 @@ class ModelEntry(_Strict):
     model: str = Field(description="Local checkpoint directory or hub id (`org/name[@revision]`).")
     parameters: dict[str, Any] | None = Field(None, description="Per-model method parameters.")
     task: str | None = Field(None, description="prefkit: the task this model was fine-tuned for.")
+    labels: list[str] | None = Field(
+        None, description="prefkit: the task's label names in this model's output order "
+        "(when its config.json only says LABEL_0..k).")
+
+
+class EvaluateSpec(_Strict):
+    """prefkit: evaluate the merged model on its models' tasks after merging."""
+
+    split: Literal["train", "validation", "test"] = "test"
+    num_samples: int | None = Field(None, ge=1, description="A seeded subset of this size.")
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(128, ge=8)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    seed: int = 0
+    tasks: list[str] | None = Field(None, description="Default: the models' tasks.")
+
+
+class InlineTask(_Strict):
+    """prefkit: a task defined in the recipe (a `datasets` loader spec)."""
+
+    dataset: str = Field(description="Hub id, or csv / json / parquet with data_files.")
+    text_fields: list[str] = Field(min_length=1, max_length=2)
+    label_names: list[str] = Field(min_length=2)
+    label_field: str = "label"
+    splits: dict[str, str] = Field(default_factory=lambda: {"train": "train", "test": "test"})
+    data_files: dict[str, Any] | None = None
+    config_name: str | None = None
 
 
 def _dtype(value: str | None) -> str | None:
@@ -54,8 +81,12 @@ class Recipe(_Strict):
     tokenizer_source: str | None = Field(
         None, description="`base` (default) or a model to copy the tokenizer from.")
     preference: list[float] | None = Field(None, description="prefkit: one weight per model.")
-    heads: Literal["padded"] = Field("padded", description="prefkit: how differing heads merge.")
+    heads: Literal["padded", "per_task"] = Field(
+        "padded", description="prefkit: padded (zero-pad differing heads, merge) | per_task (also "
+        "keep each task's own head beside the merged body, used for its task in evaluation).")
     output: str | None = Field(None, description="prefkit: output folder (default runs/<recipe name>).")
+    evaluate: EvaluateSpec | None = Field(None, description="prefkit: evaluate after merging.")
+    tasks: dict[str, InlineTask] | None = Field(None, description="prefkit: tasks defined inline.")
 
     _dtypes = field_validator("dtype", "out_dtype")(_dtype)
 

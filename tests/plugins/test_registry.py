@@ -179,3 +179,30 @@ def test_builtins_are_entry_points_of_the_prefkit_distribution():
         imports = {line.split()[1] for line in source.splitlines()
                    if line.startswith("from prefkit")}
         assert imports <= allowed, (name, imports - allowed)
+
+
+def test_hook_prefkit_register_tasks():
+    from prefkit.api import Task
+
+    class TaskPlugin:
+        @hookimpl
+        def prefkit_register_tasks(self, register):
+            register(Task(name="my_task", dataset="csv", text_fields=("text",),
+                          label_names=("a", "b"), data_files={"test": "x.csv"}))
+
+    registry = load_registry(entry_points=False, plugins={**builtin_plugins(), "mine": TaskPlugin()})
+    assert registry.task("my_task").plugin == "mine"
+    assert registry.task("imdb").plugin == "reference_tasks"
+    result = CliRunner().invoke(build_cli(lambda: registry), ["tasks", "--json"])
+    assert {"name": "my_task", "plugin": "mine"}.items() <= next(
+        r for r in json.loads(result.stdout) if r["name"] == "my_task").items()
+    with pytest.raises(PluginError, match="task 'imdb' is registered by both plugin "
+                       "'reference_tasks' and plugin 'twin'"):
+        class Twin:
+            @hookimpl
+            def prefkit_register_tasks(self, register):
+                register(Task(name="imdb", dataset="x", text_fields=("t",), label_names=("a",)))
+
+        load_registry(entry_points=False, plugins={**builtin_plugins(), "twin": Twin()})
+    with pytest.raises(RecipeError, match=r"unknown task 'imbd'.*did you mean 'imdb'"):
+        registry.task("imbd")

@@ -1,0 +1,1 @@
+"""Evaluation: task data, label orders, batched inference, metrics, results.json."""
