@@ -38,7 +38,7 @@ class RichReporter:
     def __init__(self, console=None, unit: str = "tensors"):
         from rich.console import Console
 
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, soft_wrap=True)  # no wrapping in logs
         self.unit = unit  # "tensors" (the total is bytes) or a count unit such as "examples"
         self._progress = None
         self._task = None

@@ -228,3 +228,63 @@ def test_missing_parameter_is_reported_once_per_model(cli, workdir):
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 4 and all("parameter 'weight' is not set for model zoo/" in e for e in errors)
     assert errors[1].startswith(f"Error: {recipe}:6:5: models[1]: ")
+
+
+def test_paper_parameter_names_are_aliases(cli, workdir):
+    recipe = write_recipe(workdir, TIES.replace("density: 0.5", "k: 0.3\n  lambda_merge: 0.7"))
+    result = invoke(cli, "plan", recipe, "--json")
+    assert result.exit_code == 0, result.stderr
+    tensor = json.loads(result.stdout)["tensors"][0]
+    assert tensor["params"]["lambda"] == 0.7
+    assert {mp["density"] for mp in tensor["model_params"]} == {0.3}
+    both = write_recipe(workdir, TIES.replace("density: 0.5", "k: 0.3\n  density: 0.2"))
+    result = invoke(cli, "validate", both)
+    assert result.exit_code == 3 and "given twice (as 'density' and its other name)" in result.stderr
+
+
+def test_plain_progress_when_not_a_terminal(cli, workdir):
+    recipe = write_recipe(workdir, TIES)
+    result = invoke(cli, "run", recipe, "-o", workdir / "out")
+    assert result.exit_code == 0
+    assert f"ties → {workdir / 'out'}: 41 tensors, 0.0 MB" in result.stderr
+    assert "head zero-padded to [4, 16]" in result.stderr
+    assert "\x1b[" not in result.stderr  # no terminal control codes off a terminal
+
+
+def test_tokenizer_files_are_copied(cli, workdir, tmp_path):
+    import shutil
+
+    base = tmp_path / "tok_base"
+    shutil.copytree(workdir / "zoo" / "base", base)
+    (base / "tokenizer.json").write_text('{"base": true}')
+    (base / "vocab.txt").write_text("a\nb\n")
+    other = tmp_path / "tok_other"
+    other.mkdir()
+    (other / "tokenizer.json").write_text('{"other": true}')
+    text = TIES.replace("zoo/base", str(base))
+    result = invoke(cli, "run", write_recipe(workdir, text), "-o", workdir / "a", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert (workdir / "a" / "tokenizer.json").read_text() == '{"base": true}'
+    assert (workdir / "a" / "vocab.txt").exists()
+    text += f"tokenizer_source: {other}\n"
+    result = invoke(cli, "run", write_recipe(workdir, text), "-o", workdir / "b", "-q")
+    assert (workdir / "b" / "tokenizer.json").read_text() == '{"other": true}'
+
+
+def test_unsupported_checkpoint_dtype_is_named(cli, workdir, tmp_path):
+    import shutil
+    import struct
+
+    bad = tmp_path / "bad_dtype"
+    shutil.copytree(workdir / "zoo" / "mrpc", bad)
+    header = json.dumps({"odd.weight": {"dtype": "U16", "shape": [2], "data_offsets": [0, 4]}}).encode()
+    (bad / "model-00003-of-00003.safetensors").write_bytes(struct.pack("<Q", len(header)) + header
+                                                            + b"\0" * 4)
+    index = json.loads((bad / "model.safetensors.index.json").read_text())
+    index["weight_map"]["odd.weight"] = "model-00003-of-00003.safetensors"
+    (bad / "model.safetensors.index.json").write_text(json.dumps(index))
+    result = invoke(cli, "run", write_recipe(workdir, TIES.replace("zoo/mrpc", str(bad))),
+                    "-o", workdir / "out", "-q")
+    assert result.exit_code == 3
+    assert "tensor 'odd.weight' has unsupported dtype 'U16'" in result.stderr
+    assert not (workdir / "out").exists()
