@@ -332,7 +332,7 @@ class _Resolver:
                 f"tensor {name!r} is in {', '.join(have)} but missing from {', '.join(missing)}",
                 hint="all models must share one architecture"))
             return None
-        base_meta = base.checkpoint.tensors.get(name) if base is not None else None
+        base_meta = _base_tensor(base, name, inputs[0]) if base is not None else None
         shape = self._shape(name, base, base_meta, inputs, metas)
         if shape is None:
             return None
@@ -455,6 +455,18 @@ def _leaf_checker(cls: type[Params], field: str):
         return None
 
     return check
+
+
+def _base_tensor(base: ModelInput, name: str, model: ModelInput) -> TensorMeta | None:
+    """The base's tensor for `name`; a base saved as the bare encoder (`embeddings.…`) serves a
+    task model's prefixed names (`bert.embeddings.…`), the prefix being the model type."""
+    tensors = base.checkpoint.tensors
+    if name in tensors:
+        return tensors[name]
+    prefix = f"{(model.checkpoint.config or {}).get('model_type', '')}."
+    if prefix != "." and name.startswith(prefix):
+        return tensors.get(name[len(prefix):])
+    return None
 
 
 def _layer_of(name: str) -> int | None:

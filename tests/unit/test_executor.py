@@ -203,3 +203,19 @@ def test_linear_base_model_is_an_input_like_mergekit_unless_preference(workdir, 
     pref = merge(workdir, text + "preference: [0.75, 0.25]\n", registry, output="p")
     torch.testing.assert_close(pref[name], 0.75 * z["a"][name] + 0.25 * z["b"][name],
                                atol=1e-6, rtol=0)
+
+
+def test_bare_encoder_base_serves_prefixed_model_names(workdir, registry, tmp_path):
+    from safetensors.torch import save_file
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    tensors = load_tensors(workdir / "zoo_same" / "base")
+    save_file({n.removeprefix("roberta."): t for n, t in tensors.items()
+               if n.startswith("roberta.")}, str(bare / "model.safetensors"))
+    (bare / "config.json").write_text((workdir / "zoo_same" / "base" / "config.json").read_text())
+    text = ("merge_method: task_arithmetic\nbase_model: {}\nmodels:\n  - model: zoo_same/a\n"
+            "  - model: zoo_same/b\nparameters: {{weight: 1.0, lambda: 0.0}}\n")
+    out = merge(workdir, text.format(bare), registry)
+    name = "roberta.encoder.layer.1.attention.self.value.weight"
+    assert torch.equal(out[name], tensors[name])  # lambda 0: exactly the base
