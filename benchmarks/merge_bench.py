@@ -9,8 +9,10 @@ Run it from the repository root with the dev venv::
     .venv/bin/python benchmarks/merge_bench.py --vs-mergekit      # + mergekit-yaml on the same recipes
     .venv/bin/python benchmarks/merge_bench.py --vs-mergekit --mergekit-repeats 1
     .venv/bin/python benchmarks/merge_bench.py --size large       # ~355M params (1.4 GB per model)
-    .venv/bin/python benchmarks/merge_bench.py --models 8         # scaling: 2, 4 or 8 fine-tuned models
+    .venv/bin/python benchmarks/merge_bench.py --models 8         # 8 fine-tuned models
+    .venv/bin/python benchmarks/merge_bench.py --models 2,4,8     # + a scaling table over N
     .venv/bin/python benchmarks/merge_bench.py --methods ties --repeats 1 --profile ties
+    .venv/bin/python benchmarks/merge_bench.py --snapshot          # prefkit as committed at HEAD
     .venv/bin/python benchmarks/merge_bench.py --json results.json
 
 What it does:
@@ -25,15 +27,21 @@ What it does:
    generated and written one at a time (peak memory: one tensor), so building is cheap in memory.
    Disk: ~0.5 GB per model at base size, ~1.4 GB at large (large with 8 models needs ~13 GB).
 2. Measures the floor: reading every input byte once, sequentially, with 16 MiB buffered reads,
-   after one warm-up read. The page cache is not dropped, so the floor is a *warm-cache* floor, and
-   so are the merges (they read the same, cached, files).
+   after one warm-up read; sampled ``--repeats`` times at the start and once more per round, and
+   the fastest sample is reported. The page cache is not dropped, so the floor is a *warm-cache*
+   floor, and so are the merges: each measured run is preceded by an untimed read of its inputs.
 3. Runs ``prefkit run`` (a fresh ``python`` subprocess per run) for linear, task_arithmetic, ties
    (density 0.2, per-tensor trimming) and ties with ``trim: global``, ``--repeats`` times each, and
    reports medians. Wall time is the whole process (interpreter start, imports, planning, merge,
-   writing); "merge s" is prefkit's own ``seconds`` (the executor only). Peak RSS is the child's
-   own ``ru_maxrss`` from ``os.wait4`` (exact, but it counts resident pages of memory-mapped input
-   files too); "peak anon" is the highest ``RssAnon`` seen by polling ``/proc/PID/status`` every
-   20 ms (heap and tensors only; sampled, so it can miss short spikes).
+   writing); "merge s" is prefkit's own ``seconds`` (the executor only); the "startup" line is a
+   child that only imports what ``prefkit run`` imports. "user s"/"sys s" are the child's CPU
+   times and "faults M" its minor page faults in millions (each is a fresh 4 KiB page touched:
+   a rough measure of how many bytes of new temporaries the run allocates). Peak RSS is the
+   command's own ``ru_maxrss`` from ``os.wait4`` in a small launcher process (exact; a command
+   started straight from this script would inherit this script's own peak as its floor; it
+   counts resident pages of memory-mapped input files too, where a reader maps them); "peak
+   anon" is the highest ``RssAnon`` seen by polling ``/proc/PID/status`` every 20 ms (heap and
+   tensors only; sampled, so it can miss short spikes).
 4. ``--vs-mergekit`` installs mergekit==0.1.5 into a throwaway venv outside the repository
    (``--mergekit-venv``, default ``/tmp/prefkit-bench-mergekit-venv``; torch==2.13.0, the CPU wheel,
    is installed first and pinned through a constraints file) and runs ``mergekit-yaml`` and prefkit
@@ -42,11 +50,21 @@ What it does:
    (hard links, no extra disk) with a classifier on the base too and every head of one size.
    Recipes are equivalent: prefkit's ``preference`` becomes mergekit's explicit weights, both merge
    in float32. ties with ``trim: global`` has no mergekit counterpart (shown as n/a). After the
-   timed rounds the last two outputs of each method are compared tensor by tensor (max |diff|).
-5. Prints a table (and ``--json FILE`` writes every measurement).
+   timed rounds the last two outputs of each method are compared tensor by tensor (max |diff| and
+   the number of differing elements; for ties these are tie-breaks among equal magnitudes at the
+   top-k cut-off, where prefkit keeps the lowest flat indices and mergekit's unstable argsort
+   keeps whichever it meets).
+5. Prints a table per set (prefkit alone on the reference set; prefkit and mergekit on the
+   equal-head set; with several ``--models`` a scaling table), and ``--json FILE`` writes every
+   measurement.
 
 The numbers are only as quiet as the machine: other processes running at the same time (tests,
-builds) inflate them, and a 2-core machine has little slack. Use ``--repeats`` to average.
+builds) inflate them, and a 2-core machine has little slack. Use ``--repeats`` to average; the
+"load" column is the 1-minute load average when each run started. On a shared machine pass
+``--threads 1``: with torch's default of one thread per core, every parallel operation waits for
+a worker that another process has descheduled, which made the same merge 4-7x slower here.
+``--snapshot`` runs prefkit as committed (git archive under the cache) when the work tree may
+change during a long run (the installed entry-point metadata still comes from the venv).
 """
 
 from __future__ import annotations
@@ -249,11 +267,26 @@ def model_tasks(n: int) -> list[tuple[str, int]]:
     return out
 
 
+def check_disk(size: str, n_models: int) -> None:
+    """Refuse to start generating when the cache's disk cannot hold the set plus two outputs."""
+    per_model = 4 * sum(_numel(s) for shard in backbone_shards(SIZES[size]) for _, s in shard)
+    root = CACHE / size
+    missing = sum(not (root / f"ft{i:02d}_{task}" / "bench-meta.json").exists()
+                  for i, (task, _) in enumerate(model_tasks(n_models)))
+    missing += not (root / "base" / "bench-meta.json").exists()
+    need = (missing + 2) * per_model
+    free = shutil.disk_usage(CACHE).free
+    if need > free:
+        sys.exit(f"not enough disk for the {size} set with {n_models} models: need ~{need / 1e9:.1f} GB "
+                 f"under {CACHE}, {free / 1e9:.1f} GB free")
+
+
 def build_set(size: str, n_models: int, seed: int, log: Callable[[str], None]) -> dict:
     """The reference set: base without head + n fine-tuned models with their own heads."""
     arch = SIZES[size]
     root = CACHE / size
     backbone = backbone_shards(arch)
+    check_disk(size, n_models)
     common = {"generator": GENERATOR_VERSION, "size": size, "seed": seed}
     started = time.perf_counter()
 
@@ -378,28 +411,50 @@ def write_recipe(data: dict, path: Path) -> Path:
 # Measurement
 # --------------------------------------------------------------------------------------------
 
-def read_floor(files: list[Path], repeats: int) -> dict:
-    """Seconds to read every byte of `files` once (warm page cache), median of `repeats`."""
-    buf = bytearray(READ_CHUNK)
-    view = memoryview(buf)
+_READ_BUF = memoryview(bytearray(READ_CHUNK))
 
-    def read_all() -> int:
-        total = 0
-        for file in files:
-            with open(file, "rb", buffering=0) as fh:
-                while n := fh.readinto(view):
-                    total += n
-        return total
 
-    nbytes = read_all()  # warm-up: brings everything into the page cache
-    times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        read_all()
-        times.append(time.perf_counter() - t0)
-    seconds = statistics.median(times)
-    return {"bytes": nbytes, "seconds": seconds, "runs": times, "gb_per_s": nbytes / seconds / 1e9,
-            "files": len(files), "cache": "warm"}
+def read_all(files: list[Path]) -> int:
+    """Read every byte of `files` once, sequentially, in 16 MiB chunks; the bytes read."""
+    total = 0
+    for file in files:
+        with open(file, "rb", buffering=0) as fh:
+            while n := fh.readinto(_READ_BUF):
+                total += n
+    return total
+
+
+def timed_read(files: list[Path]) -> float:
+    t0 = time.perf_counter()
+    read_all(files)
+    return time.perf_counter() - t0
+
+
+class Floor:
+    """The floor: seconds to read every input byte once from a warm page cache. Sampled at the
+    start (after a warm-up read) and again before each round; the reported floor is the fastest
+    sample (a floor is a lower bound; slower samples are other load on the machine)."""
+
+    def __init__(self, files: list[Path], repeats: int):
+        self.files = files
+        self.nbytes = read_all(files)  # warm-up: brings everything into the page cache
+        self.samples = [timed_read(files) for _ in range(max(1, repeats))]
+
+    def sample(self) -> None:
+        self.samples.append(timed_read(self.files))
+
+    @property
+    def seconds(self) -> float:
+        return min(self.samples)
+
+    def as_dict(self) -> dict:
+        return {"bytes": self.nbytes, "seconds": self.seconds, "median_s": statistics.median(self.samples),
+                "samples": self.samples, "gb_per_s": self.nbytes / self.seconds / 1e9,
+                "files": len(self.files), "cache": "warm"}
+
+    def describe(self) -> str:
+        return (f"{self.nbytes / 1e9:.2f} GB in {self.seconds:.2f}s ({self.nbytes / self.seconds / 1e9:.1f} "
+                f"GB/s; fastest of {len(self.samples)}, median {statistics.median(self.samples):.2f}s)")
 
 
 def _proc_status_kb(pid: int) -> dict[str, int]:
@@ -415,40 +470,123 @@ def _proc_status_kb(pid: int) -> dict[str, int]:
     return out
 
 
+# A lean launcher between the benchmark and each measured command. Linux carries the RSS
+# high-water mark of the process image that exec replaces into the new program's ru_maxrss, so
+# a command started straight from this (torch-importing, diff-computing) process would report at
+# least this process's own peak. The launcher (`python -S`, ~10 MB) spawns the command, waits
+# for it, and reports the command's own rusage and wall time.
+LAUNCHER = r"""
+import json, os, sys, time
+out = sys.argv[1]
+t0 = time.perf_counter()
+pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)
+with open(out + ".pid", "w") as f:
+    f.write(str(pid))
+_, status, ru = os.wait4(pid, 0)
+wall = time.perf_counter() - t0
+with open(out, "w") as f:
+    json.dump({"code": os.waitstatus_to_exitcode(status), "wall_s": wall, "maxrss_kb": ru.ru_maxrss,
+               "user_s": ru.ru_utime, "sys_s": ru.ru_stime, "minor_faults": ru.ru_minflt}, f)
+"""
+
+
 def measure(cmd: list[str], *, env: dict | None = None, log_to: Path | None = None,
-            poll_s: float = 0.02) -> dict:
-    """Run `cmd` as a fresh child; wall time, its own peak RSS (wait4) and sampled peak RssAnon."""
+            poll_s: float = 0.02, prewarm: list[Path] | None = None) -> dict:
+    """Run `cmd` through the launcher (in the cache folder, so `python -c` does not import the work
+    tree's prefkit through the current directory): its wall time, own peak RSS (wait4), CPU
+    times, minor faults, and the peak RssAnon/RssFile seen by polling /proc every `poll_s`.
+
+    `prewarm` files are read (untimed) just before, so every run starts from a warm page cache
+    like the floor, whatever ran or was reclaimed in between."""
     os.sync()  # earlier runs' dirty output pages are not flushed on this run's clock
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=REPO)
+    if prewarm:
+        read_all(prewarm)
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile() as out, \
+            tempfile.TemporaryFile() as err:
+        report = Path(tmp) / "rusage.json"
+        proc = subprocess.Popen([sys.executable, "-S", "-c", LAUNCHER, str(report), *cmd],
+                                stdout=out, stderr=err, env=env, cwd=CACHE)
         peak_anon = peak_file = 0
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            s = _proc_status_kb(proc.pid)
-            peak_anon = max(peak_anon, s.get("RssAnon", 0))
-            peak_file = max(peak_file, s.get("RssFile", 0))
+        child = None
+        while proc.poll() is None:
+            if child is None and (Path(tmp) / "rusage.json.pid").exists():
+                text = (Path(tmp) / "rusage.json.pid").read_text()
+                child = int(text) if text else None
+            if child is not None:
+                st = _proc_status_kb(child)
+                peak_anon = max(peak_anon, st.get("RssAnon", 0))
+                peak_file = max(peak_file, st.get("RssFile", 0))
             time.sleep(poll_s)
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        usage = json.loads(report.read_text()) if report.exists() else None
     if log_to is not None:
         log_to.write_text(f"$ {' '.join(cmd)}\n--- stdout\n{stdout}\n--- stderr\n{stderr}")
-    if proc.returncode != 0:
-        raise RuntimeError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{stderr[-3000:]}")
-    return {"wall_s": wall, "maxrss_mb": usage.ru_maxrss / 1024, "peak_anon_mb": peak_anon / 1024,
-            "peak_file_mb": peak_file / 1024, "user_s": usage.ru_utime, "sys_s": usage.ru_stime,
-            "stdout": stdout}
+    if proc.returncode != 0 or usage is None or usage["code"] != 0:
+        raise RuntimeError(f"command failed ({usage and usage['code']}): {' '.join(cmd)}\n{stderr[-3000:]}")
+    return {"wall_s": usage["wall_s"], "maxrss_mb": usage["maxrss_kb"] / 1024,
+            "peak_anon_mb": peak_anon / 1024, "peak_file_mb": peak_file / 1024,
+            "user_s": usage["user_s"], "sys_s": usage["sys_s"], "minor_faults": usage["minor_faults"],
+            "load1_before": load_before, "load1_after": os.getloadavg()[0], "stdout": stdout}
+
+
+def source_state() -> dict:
+    """The commit and a content hash of prefkit's Python sources (the tree may change under a run)."""
+    h = hashlib.sha256()
+    files = sorted([*(REPO / "prefkit").rglob("*.py"), *(REPO / "plugins").rglob("*.py")])
+    for f in files:
+        h.update(str(f.relative_to(REPO)).encode())
+        h.update(f.read_bytes())
+
+    def git(*a: str) -> str:
+        proc = subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else "?"
+
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", "prefkit", "plugins").splitlines()]
+    return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": dirty, "sources_sha256": h.hexdigest()}
+
+
+SNAPSHOT: Path | None = None  # set by --snapshot: children import prefkit from here
+THREADS: int | None = None  # set by --threads: torch's intra-op threads in every child
+
+
+def make_snapshot(rev: str) -> tuple[Path, str]:
+    """Export prefkit's package and plugins at `rev` (git archive) as an importable folder, so a
+    long benchmark measures one version while the work tree changes."""
+    sha = subprocess.run(["git", "rev-parse", "--short", rev], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    root = CACHE / "snapshots" / sha
+    if not (root / "prefkit" / "plugins" / "__init__.py").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", "--format=tar", sha, "prefkit", "plugins"], cwd=REPO,
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+        (root / "plugins").rename(root / "prefkit" / "plugins")  # pyproject's package-dir mapping
+    return root, sha
 
 
 def _env() -> dict:
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    if THREADS is not None:
+        env.update(OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS))
+    if SNAPSHOT is not None:  # ahead of the editable install's finder (appended to meta_path)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SNAPSHOT), env.get("PYTHONPATH")]))
     return env
+
+
+def check_prefkit_origin() -> str:
+    """Where the children import prefkit and its plugins from."""
+    code = "import prefkit, prefkit.plugins.ties as t; print(prefkit.__file__); print(t.__file__)"
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(), cwd=CACHE, capture_output=True,
+                          text=True, check=True)
+    files = proc.stdout.split()
+    if SNAPSHOT is not None and not all(f.startswith(str(SNAPSHOT)) for f in files):
+        raise RuntimeError(f"the snapshot is not what the children import: {files}")
+    return str(Path(files[0]).parent)
 
 
 def prefkit_cmd(recipe_path: Path, out: Path) -> list[str]:
@@ -456,9 +594,9 @@ def prefkit_cmd(recipe_path: Path, out: Path) -> list[str]:
             "-o", str(out), "-q", "--force"]
 
 
-def run_prefkit(recipe_path: Path, out: Path, log: Path) -> dict:
+def run_prefkit(recipe_path: Path, out: Path, log: Path, inputs: list[Path]) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    result = measure(prefkit_cmd(recipe_path, out), env=_env(), log_to=log)
+    result = measure(prefkit_cmd(recipe_path, out), env=_env(), log_to=log, prewarm=inputs)
     line = json.loads(result.pop("stdout").strip().splitlines()[-1])
     if line.get("status") != "ok":
         raise RuntimeError(f"prefkit failed: {line}")
@@ -466,11 +604,11 @@ def run_prefkit(recipe_path: Path, out: Path, log: Path) -> dict:
     return result
 
 
-def run_mergekit(venv: Path, recipe_path: Path, out: Path, log: Path) -> dict:
+def run_mergekit(venv: Path, recipe_path: Path, out: Path, log: Path, inputs: list[Path]) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [str(venv / "bin" / "mergekit-yaml"), str(recipe_path), str(out), "--quiet",
            "--no-copy-tokenizer"]  # the generated checkpoints have no tokenizer
-    result = measure(cmd, env=_env(), log_to=log)
+    result = measure(cmd, env=_env(), log_to=log, prewarm=inputs)
     result.pop("stdout")
     return result
 
@@ -499,16 +637,18 @@ def max_abs_diff(a: Path, b: Path) -> dict:
         return out
 
     ia, ib = index(a), index(b)
-    worst, worst_name = 0.0, None
+    worst, worst_name, differing, total = 0.0, None, 0, 0
     for name in sorted(set(ia) & set(ib)):
         with safe_open(str(ia[name]), framework="pt") as fa, safe_open(str(ib[name]), framework="pt") as fb:
             ta, tb = fa.get_tensor(name).double(), fb.get_tensor(name).double()
         if ta.shape != tb.shape:
             return {"max_abs_diff": None, "error": f"{name}: shapes {list(ta.shape)} vs {list(tb.shape)}"}
         d = float((ta - tb).abs().max()) if ta.numel() else 0.0
+        differing += int((ta != tb).sum())
+        total += ta.numel()
         if d > worst:
             worst, worst_name = d, name
-    return {"max_abs_diff": worst, "worst_tensor": worst_name,
+    return {"max_abs_diff": worst, "worst_tensor": worst_name, "differing": differing, "total": total,
             "only_prefkit": sorted(set(ia) - set(ib)), "only_mergekit": sorted(set(ib) - set(ia))}
 
 
@@ -567,9 +707,9 @@ def profile_run(recipe_path: Path, out: Path, stats_path: Path, top: int) -> str
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-c", PROFILE_CODE, str(stats_path), "run", str(recipe_path), "-o",
            str(out), "-q", "--force"]
-    subprocess.run(cmd, check=True, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, env=_env(), cwd=CACHE, stdout=subprocess.DEVNULL)
     buf = io.StringIO()
-    stats = pstats.Stats(str(stats_path), stream=buf)
+    stats = pstats.Stats(str(stats_path), stream=buf).strip_dirs()
     stats.sort_stats("tottime").print_stats(top)
     stats.sort_stats("cumulative").print_stats(top)
     shutil.rmtree(out, ignore_errors=True)
@@ -593,11 +733,138 @@ def fmt(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def bench_reference(ref: dict, work: Path, methods: list[str], repeats: int,
+                    log: Callable[[str], None]) -> dict:
+    """prefkit on the reference set: floor, then `repeats` rounds over the methods."""
+    out: dict = {}
+    inputs = input_files(ref)
+    floor = Floor(inputs, repeats)
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    for r in range(repeats):
+        floor.sample()
+        for method in methods:
+            path = write_recipe(recipe(method, ref, tool="prefkit"), work / f"prefkit-{method}.yaml")
+            res = run_prefkit(path, work / "out-prefkit", work / f"prefkit-{method}.log", inputs)
+            runs[method].append(res)
+            log(f"round {r + 1}/{repeats} {method}: {res['wall_s']:.2f}s, {res['maxrss_mb']:.0f} MB RSS")
+    shutil.rmtree(work / "out-prefkit", ignore_errors=True)
+    out["floor"] = floor.as_dict()
+    print("floor (warm page cache, sequential 16 MiB reads of every input byte once): " + floor.describe())
+    rows = []
+    out["prefkit"] = {}
+    for method in methods:
+        wall = median_of(runs[method], "wall_s")
+        summary = {key: median_of(runs[method], key) for key in (
+            "wall_s", "merge_s", "maxrss_mb", "peak_anon_mb", "user_s", "sys_s", "minor_faults",
+            "load1_before")}
+        summary.update(ratio_floor=wall / floor.seconds, runs=runs[method])
+        out["prefkit"][method] = summary
+        rows.append([method, fmt(wall), fmt(summary["merge_s"]), fmt(summary["user_s"], 1),
+                     fmt(summary["sys_s"], 1), fmt(summary["minor_faults"] / 1e6, 2),
+                     fmt(summary["maxrss_mb"], 0), fmt(summary["peak_anon_mb"], 0),
+                     fmt(floor.seconds), fmt(summary["ratio_floor"], 1), fmt(summary["load1_before"], 1)])
+    heads = "/".join(str(m["labels"]) for m in ref["models"])
+    print()
+    print(f"prefkit on the reference set ({len(ref['models'])} models, heads {heads}, base without "
+          f"head), median of {repeats}; the floor is warm-cache:")
+    print(table(["method", "wall s", "merge s", "user s", "sys s", "faults M", "peak RSS MB",
+                 "peak anon MB", "floor s", "wall/floor", "load"], rows))
+    return out
+
+
+def bench_mergekit(ref: dict, work: Path, methods: list[str], rounds: int, floor_repeats: int,
+                   venv: Path, size: str, seed: int, log: Callable[[str], None]) -> dict:
+    """prefkit and mergekit-yaml, alternately, on the equal-head variant of the set."""
+    eq = build_eqhead_set(ref, size, seed)
+    inputs = input_files(eq)
+    floor = Floor(inputs, floor_repeats)
+    out: dict = {"mergekit_version": mergekit_version(venv)}
+    cmp_methods = [m for m in methods if m != "ties_global"]
+    pk: dict[str, list[dict]] = {m: [] for m in cmp_methods}
+    mk: dict[str, list[dict]] = {m: [] for m in cmp_methods}
+    diffs = {}
+    for r in range(rounds):
+        floor.sample()
+        for method in cmp_methods:
+            p_recipe = write_recipe(recipe(method, eq, tool="prefkit"), work / f"eq-prefkit-{method}.yaml")
+            m_recipe = write_recipe(recipe(method, eq, tool="mergekit"), work / f"eq-mergekit-{method}.yaml")
+            p_out, m_out = work / f"eq-out-prefkit-{method}", work / f"eq-out-mergekit-{method}"
+            pk[method].append(run_prefkit(p_recipe, p_out, work / f"eq-prefkit-{method}.log", inputs))
+            mk[method].append(run_mergekit(venv, m_recipe, m_out, work / f"eq-mergekit-{method}.log", inputs))
+            log(f"mergekit round {r + 1}/{rounds} {method}: prefkit {pk[method][-1]['wall_s']:.2f}s "
+                f"{pk[method][-1]['maxrss_mb']:.0f} MB, mergekit {mk[method][-1]['wall_s']:.2f}s "
+                f"{mk[method][-1]['maxrss_mb']:.0f} MB")
+            if r == rounds - 1:  # the last round's outputs: compare them
+                diffs[method] = max_abs_diff(p_out, m_out)
+            shutil.rmtree(p_out, ignore_errors=True)
+            shutil.rmtree(m_out, ignore_errors=True)
+    out["eqhead_floor"] = floor.as_dict()
+    rows = []
+    out["methods"] = {}
+    for method in methods:
+        if method not in cmp_methods:
+            rows.append([method, *["n/a"] * 11])
+            continue
+        pw, mw = median_of(pk[method], "wall_s"), median_of(mk[method], "wall_s")
+        entry = {
+            tool: {key: median_of(runs, key) for key in (
+                "wall_s", "maxrss_mb", "peak_anon_mb", "user_s", "sys_s", "minor_faults")} | {"runs": runs}
+            for tool, runs in (("prefkit", pk[method]), ("mergekit", mk[method]))
+        }
+        entry.update(floor_s=floor.seconds, ratio_prefkit_mergekit=pw / mw,
+                     output_diff=diffs.get(method))
+        out["methods"][method] = entry
+        d = (diffs.get(method) or {}).get("max_abs_diff")
+        rows.append([method, fmt(pw), fmt(entry["prefkit"]["maxrss_mb"], 0),
+                     fmt(entry["prefkit"]["peak_anon_mb"], 0), fmt(floor.seconds),
+                     fmt(pw / floor.seconds, 1), fmt(mw), fmt(entry["mergekit"]["maxrss_mb"], 0),
+                     fmt(entry["mergekit"]["peak_anon_mb"], 0), fmt(pw / mw, 2),
+                     "n/a" if d is None else f"{d:.1e}",
+                     "n/a" if d is None else f"{diffs[method]['differing']}/{diffs[method]['total']}"])
+    labels = eq["models"][0]["labels"]
+    print(f"floor of the equal-head set: {floor.describe()}")
+    print()
+    print(f"prefkit vs {out['mergekit_version']} on the equal-head set ({len(eq['models'])} models; "
+          f"the base has a {labels}-label head and every model's head has {labels} labels; same "
+          f"backbones as above), median of {rounds} alternating rounds (prefkit, then mergekit); "
+          "ties_global has no mergekit counterpart; max |diff| and differing (elements) compare the "
+          "two outputs of the last round:")
+    print(table(["method", "prefkit s", "prefkit RSS MB", "prefkit anon MB", "floor s",
+                 "prefkit/floor", "mergekit s", "mergekit RSS MB", "mergekit anon MB",
+                 "prefkit/mergekit", "max |diff|", "differing"], rows))
+    for method, d in diffs.items():
+        if d.get("only_prefkit") or d.get("only_mergekit") or d.get("error"):
+            print(f"  {method}: the outputs differ in layout: {d}")
+    return out
+
+
+def scaling_table(per_n: dict[int, dict], methods: list[str]) -> None:
+    counts = [n for n in per_n if "prefkit" in per_n[n]]
+    if len(counts) < 2:
+        return
+    headers = ["method"]
+    for n in counts:
+        headers += [f"N={n} s", f"N={n} RSS MB", f"N={n} x floor"]
+    rows = []
+    for method in methods:
+        row = [method]
+        for n in counts:
+            s = per_n[n]["prefkit"][method]
+            row += [fmt(s["wall_s"]), fmt(s["maxrss_mb"], 0), fmt(s["ratio_floor"], 1)]
+        rows.append(row)
+    floors = ", ".join(f"N={n}: {per_n[n]['floor']['seconds']:.2f}s" for n in counts)
+    print()
+    print(f"scaling with the number of models (prefkit, reference sets; warm floors {floors}):")
+    print(table(headers, rows))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", choices=sorted(SIZES), default="base")
-    ap.add_argument("--models", type=int, default=4, help="fine-tuned models (2, 4 or 8)")
+    ap.add_argument("--size", choices=sorted(SIZES), default="base",
+                    help="base (~125M params) or large (~355M); tiny is a smoke-test size")
+    ap.add_argument("--models", default="4",
+                    help="fine-tuned models, or a comma list for a scaling table (e.g. 2,4,8)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per method (median reported)")
     ap.add_argument("--methods", default=",".join(METHODS),
                     help=f"comma-separated subset of {','.join(METHODS)}")
@@ -605,139 +872,91 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vs-mergekit", action="store_true", help="also run mergekit-yaml (0.1.5)")
     ap.add_argument("--mergekit-repeats", type=int, default=None,
                     help="alternating prefkit/mergekit rounds (default: --repeats)")
-    ap.add_argument("--mergekit-venv", type=Path, default=DEFAULT_MERGEKIT_VENV)
+    ap.add_argument("--mergekit-venv", type=Path, default=DEFAULT_MERGEKIT_VENV,
+                    help="throwaway venv for mergekit, created when missing (outside the repository)")
     ap.add_argument("--skip-reference", action="store_true",
                     help="with --vs-mergekit: only the mergekit comparison")
     ap.add_argument("--profile", metavar="METHOD", choices=METHODS,
                     help="also cProfile one prefkit run of METHOD and print the top functions")
+    ap.add_argument("--snapshot", nargs="?", const="HEAD", metavar="REV",
+                    help="benchmark prefkit as committed at REV (default HEAD), exported under the cache, "
+                    "instead of the work tree (which others may be editing during a long run)")
+    ap.add_argument("--threads", type=int, metavar="N",
+                    help="torch threads in every child, prefkit's and mergekit's (OMP_NUM_THREADS); "
+                    "default: torch's own choice (one per core). Use 1 on a machine that other work "
+                    "shares: torch's thread pool then waits on descheduled workers at every operation")
     ap.add_argument("--json", type=Path, help="write all results to this file")
     args = ap.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = set(methods) - set(METHODS)
     if unknown:
         ap.error(f"unknown method(s): {', '.join(sorted(unknown))}")
-    if args.models < 1:
+    try:
+        counts = [int(x) for x in args.models.split(",") if x.strip()]
+    except ValueError:
+        ap.error("--models takes a number or a comma list of numbers")
+    if not counts or min(counts) < 1:
         ap.error("--models must be >= 1")
 
     def log(msg: str) -> None:
         print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
     CACHE.mkdir(parents=True, exist_ok=True)
-    ref = build_set(args.size, args.models, args.seed, log)
-    work = CACHE / "runs" / f"{args.size}-{args.models}"
-    work.mkdir(parents=True, exist_ok=True)
+    params = sum(_numel(s) for shard in backbone_shards(SIZES[args.size]) for _, s in shard)
     results: dict = {
-        "size": args.size, "models": args.models, "repeats": args.repeats, "methods": methods,
+        "size": args.size, "params": params, "repeats": args.repeats, "methods": methods,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "torch": torch.__version__, "platform": platform.platform()},
-        "params": sum(_numel(s) for shard in backbone_shards(ref["arch"]) for _, s in shard),
+        "sets": {},
     }
-    tasks = ", ".join(f"{m['task']}:{m['labels']}" for m in ref["models"])
-    print(f"set: {args.size}, {results['params'] / 1e6:.1f}M backbone params fp32, base without head "
-          f"+ {args.models} fine-tuned ({tasks} labels); cache {CACHE.relative_to(REPO)}")
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, python {platform.python_version()}")
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, python "
+          f"{platform.python_version()}; size {args.size}: {params / 1e6:.1f}M backbone params, fp32")
+    global SNAPSHOT, THREADS
+    THREADS = args.threads
+    results["threads"] = args.threads
+    print(f"torch threads per child: {args.threads or 'default (one per core)'}; load average now "
+          f"{os.getloadavg()[0]:.1f} (other work on the machine slows every number here)")
+    if args.snapshot:
+        SNAPSHOT, sha = make_snapshot(args.snapshot)
+        state = results["prefkit_source"] = {"snapshot": sha, "path": str(SNAPSHOT)}
+        print(f"prefkit: snapshot of commit {sha} ({check_prefkit_origin()})")
+    else:
+        state = results["prefkit_source"] = source_state()
+        print(f"prefkit: work tree at commit {state['commit']}"
+              + (f" + uncommitted changes in {', '.join(state['dirty'])}" if state["dirty"] else "")
+              + f" ({check_prefkit_origin()})")
+    venv = ensure_mergekit(args.mergekit_venv, log) if args.vs_mergekit else None
     results["startup_s"] = startup_cost(args.repeats)
     print(f"startup (python + imports + plugin registry, no merge): {results['startup_s']:.2f}s")
-
-    if not args.skip_reference:
-        floor = read_floor(input_files(ref), args.repeats)
-        results["floor"] = floor
-        print(f"floor (warm page cache, sequential 16 MiB reads of every input byte once): "
-              f"{floor['bytes'] / 1e9:.2f} GB in {floor['seconds']:.2f}s ({floor['gb_per_s']:.1f} GB/s)")
-        runs: dict[str, list[dict]] = {m: [] for m in methods}
-        for r in range(args.repeats):
-            for method in methods:
-                path = write_recipe(recipe(method, ref, tool="prefkit"), work / f"prefkit-{method}.yaml")
-                res = run_prefkit(path, work / "out-prefkit", work / f"prefkit-{method}.log")
-                runs[method].append(res)
-                log(f"round {r + 1}/{args.repeats} {method}: {res['wall_s']:.2f}s, "
-                    f"{res['maxrss_mb']:.0f} MB RSS")
-        shutil.rmtree(work / "out-prefkit", ignore_errors=True)
-        rows = []
-        results["prefkit"] = {}
-        for method in methods:
-            wall = median_of(runs[method], "wall_s")
-            summary = {"wall_s": wall, "merge_s": median_of(runs[method], "merge_s"),
-                       "maxrss_mb": median_of(runs[method], "maxrss_mb"),
-                       "peak_anon_mb": median_of(runs[method], "peak_anon_mb"),
-                       "cpu_s": statistics.median(x["user_s"] + x["sys_s"] for x in runs[method]),
-                       "ratio_floor": wall / floor["seconds"], "runs": runs[method]}
-            results["prefkit"][method] = summary
-            rows.append([method, fmt(wall), fmt(summary["merge_s"]), fmt(summary["cpu_s"], 1),
-                         fmt(summary["maxrss_mb"], 0), fmt(summary["peak_anon_mb"], 0),
-                         fmt(floor["seconds"]), fmt(summary["ratio_floor"], 1)])
+    for n in counts:
+        ref = build_set(args.size, n, args.seed, log)
+        work = CACHE / "runs" / f"{args.size}-{n}"
+        work.mkdir(parents=True, exist_ok=True)
+        tasks = ", ".join(f"{m['task']}:{m['labels']}" for m in ref["models"])
         print()
-        print(f"prefkit on the reference set (heads 4/2/3/2, base without head), median of "
-              f"{args.repeats}; floor is warm-cache:")
-        print(table(["method", "wall s", "merge s", "cpu s", "peak RSS MB", "peak anon MB",
-                     "floor s", "wall/floor"], rows))
-
-    if args.vs_mergekit:
-        venv = ensure_mergekit(args.mergekit_venv, log)
-        results["mergekit_version"] = mergekit_version(venv)
-        eq = build_eqhead_set(ref, args.size, args.seed)
-        rounds = args.mergekit_repeats or args.repeats
-        floor = read_floor(input_files(eq), args.repeats)
-        results["eqhead_floor"] = floor
-        cmp_methods = [m for m in methods if m != "ties_global"]
-        pk: dict[str, list[dict]] = {m: [] for m in cmp_methods}
-        mk: dict[str, list[dict]] = {m: [] for m in cmp_methods}
-        diffs = {}
-        for r in range(rounds):
-            for method in cmp_methods:
-                p_recipe = write_recipe(recipe(method, eq, tool="prefkit"), work / f"eq-prefkit-{method}.yaml")
-                m_recipe = write_recipe(recipe(method, eq, tool="mergekit"), work / f"eq-mergekit-{method}.yaml")
-                p_out, m_out = work / f"eq-out-prefkit-{method}", work / f"eq-out-mergekit-{method}"
-                pk[method].append(run_prefkit(p_recipe, p_out, work / f"eq-prefkit-{method}.log"))
-                mk[method].append(run_mergekit(venv, m_recipe, m_out, work / f"eq-mergekit-{method}.log"))
-                log(f"mergekit round {r + 1}/{rounds} {method}: prefkit {pk[method][-1]['wall_s']:.2f}s "
-                    f"{pk[method][-1]['maxrss_mb']:.0f} MB, mergekit {mk[method][-1]['wall_s']:.2f}s "
-                    f"{mk[method][-1]['maxrss_mb']:.0f} MB")
-                if r == rounds - 1:
-                    diffs[method] = max_abs_diff(p_out, m_out)
-                    shutil.rmtree(p_out, ignore_errors=True)
-                    shutil.rmtree(m_out, ignore_errors=True)
-                else:
-                    shutil.rmtree(m_out, ignore_errors=True)
-        rows = []
-        results["vs_mergekit"] = {}
-        for method in methods:
-            if method not in cmp_methods:
-                rows.append([method, *["n/a"] * 9])
-                continue
-            pw, mw = median_of(pk[method], "wall_s"), median_of(mk[method], "wall_s")
-            entry = {"prefkit": {"wall_s": pw, "maxrss_mb": median_of(pk[method], "maxrss_mb"),
-                                 "peak_anon_mb": median_of(pk[method], "peak_anon_mb"), "runs": pk[method]},
-                     "mergekit": {"wall_s": mw, "maxrss_mb": median_of(mk[method], "maxrss_mb"),
-                                  "peak_anon_mb": median_of(mk[method], "peak_anon_mb"), "runs": mk[method]},
-                     "floor_s": floor["seconds"], "ratio_prefkit_mergekit": pw / mw,
-                     "output_diff": diffs.get(method)}
-            results["vs_mergekit"][method] = entry
-            d = diffs.get(method, {}).get("max_abs_diff")
-            rows.append([method, fmt(pw), fmt(entry["prefkit"]["maxrss_mb"], 0), fmt(floor["seconds"]),
-                         fmt(pw / floor["seconds"], 1), fmt(mw), fmt(entry["mergekit"]["maxrss_mb"], 0),
-                         fmt(entry["mergekit"]["peak_anon_mb"], 0), fmt(pw / mw, 2),
-                         "n/a" if d is None else f"{d:.1e}"])
-        print()
-        print(f"prefkit vs {results['mergekit_version']} on the equal-head set (base with a "
-              f"{eq['models'][0]['labels']}-label head, every model's head {eq['models'][0]['labels']} labels, "
-              f"same backbones), median of {rounds} alternating rounds; ties_global has no mergekit "
-              "counterpart:")
-        print(table(["method", "prefkit s", "prefkit RSS MB", "floor s", "prefkit/floor",
-                     "mergekit s", "mergekit RSS MB", "mergekit anon MB", "prefkit/mergekit",
-                     "max |diff|"], rows))
-        for method, d in diffs.items():
-            if d.get("only_prefkit") or d.get("only_mergekit") or d.get("error"):
-                print(f"  {method}: outputs differ in layout: {d}")
-
-    if args.profile:
-        path = write_recipe(recipe(args.profile, ref, tool="prefkit"), work / f"profile-{args.profile}.yaml")
-        text = profile_run(path, work / "out-profile", work / f"profile-{args.profile}.prof", 20)
-        results["profile"] = text
-        print()
-        print(f"cProfile of one prefkit {args.profile} run (main thread; input reads run on the "
-              "prefkit-read thread and show here as waits on its future):")
-        print(text)
+        print(f"set: base without head + {n} fine-tuned ({tasks} labels) under "
+              f"{(CACHE / args.size).relative_to(REPO)}")
+        one: dict = {}
+        if not args.skip_reference:
+            one.update(bench_reference(ref, work, methods, args.repeats, log))
+        if venv is not None:
+            one["vs_mergekit"] = bench_mergekit(ref, work, methods, args.mergekit_repeats or args.repeats,
+                                                args.repeats, venv, args.size, args.seed, log)
+        if args.profile and n == counts[0]:
+            path = write_recipe(recipe(args.profile, ref, tool="prefkit"),
+                                work / f"profile-{args.profile}.yaml")
+            text = profile_run(path, work / "out-profile", work / f"profile-{args.profile}.prof", 20)
+            one["profile"] = text
+            print()
+            print(f"cProfile of one prefkit {args.profile} run ({n} models; main thread only: input "
+                  "reads run on the prefkit-read thread and show here as waits on its future):")
+            print(text)
+        results["sets"][str(n)] = one
+    scaling_table({int(n): v for n, v in results["sets"].items()}, methods)
+    after = results["prefkit_source_after"] = source_state()
+    if not args.snapshot and after["sources_sha256"] != state["sources_sha256"]:
+        print(f"\nWARNING: prefkit's sources changed during the run (commit {state['commit']} -> "
+              f"{after['commit']}); the numbers above mix versions")
 
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
