@@ -40,14 +40,16 @@ def table(zoo: Path, runs: Sequence[Path], registry) -> str:
     names = [("base" if "base" in run.name else run.name) for run in runs]
     header = ["task", "majority", "fine-tuned", *names]
     rows = []
+    tuned_all = []
     for task in tasks:
         first = next(r["tasks"][task] for r in results.values() if task in r["tasks"])
         tuned = finetuned_results(zoo, task, settings, registry)["accuracy"]
+        tuned_all.append(tuned)
         cells = [task, f"{first['majority']:.3f}", f"{tuned:.3f}"]
         cells += [f"{r['tasks'][task]['accuracy']:.3f}" if task in r["tasks"] else "-"
                   for r in results.values()]
         rows.append(cells)
-    means = ["mean", "", ""]
+    means = ["mean", "", f"{sum(tuned_all) / len(tuned_all):.3f}"]
     for r in results.values():
         accs = [r["tasks"][t]["accuracy"] for t in tasks if t in r["tasks"]]
         means.append(f"{sum(accs) / len(accs):.3f}")
