@@ -38,7 +38,7 @@ output: runs/{name}
 """
 
 
-def test_zoo_merge_evaluate_report(built, tmp_path, monkeypatch):
+def test_zoo_merge_evaluate_report(built, tmp_path, monkeypatch):  # noqa: F811 (fixture)
     (tmp_path / "zoo").symlink_to(built["base"].parent)
     monkeypatch.chdir(tmp_path)
     registry = load_registry(entry_points=False, plugins={**builtin_plugins(), "tiny": _TinyTasks()})

@@ -6,10 +6,10 @@ import dataclasses
 import json
 
 import pytest
+from prefkit.plugins.reference_tasks import TASKS
 
 from prefkit.eval.data import examples, load_split, subset_indices
 from prefkit.eval.labels import label_order
-from prefkit.plugins.reference_tasks import TASKS
 
 pytest.importorskip("datasets")
 BY_NAME = {t.name: t for t in TASKS}
