@@ -42,6 +42,7 @@ from typing import Any
 
 from prefkit.api import Task
 from prefkit.errors import CheckpointError, DataError, PrefkitError
+from prefkit.eval.data import load_split
 
 INFO_FILE = "prefkit-demo.json"
 FORMAT = 1
@@ -269,24 +270,6 @@ def _resolve_tasks(tasks: Iterable[Task | str] | None) -> list[Task]:
     return out
 
 
-def _load_split(task: Task, role: str):
-    split = task.splits.get(role)
-    if split is None:
-        raise DataError(f"task {task.name!r} has no {role!r} split")
-    if task.loader is not None:
-        dataset = task.loader(split)
-    else:
-        import datasets
-
-        datasets.logging.set_verbosity_error()
-        kwargs = {"data_files": task.data_files} if task.data_files else {}
-        dataset = datasets.load_dataset(task.dataset, task.config_name, split=split, **kwargs)
-    missing = [f for f in (*task.text_fields, task.label_field) if f not in dataset.column_names]
-    if missing:
-        raise DataError(f"task {task.name!r}: split {split!r} has no field(s) {', '.join(missing)}")
-    return dataset
-
-
 def _rows(task: Task, dataset, indices: Sequence[int]) -> tuple[list[list[str]], list[int]]:
     """Text columns (one list per text field) and labels of the given rows, in that order."""
     unique = sorted(set(indices))
@@ -386,8 +369,8 @@ def _train_task(task: Task, base: Path, dest: Path, settings: ZooSettings, key: 
     gen = torch.Generator().manual_seed(seed)
     tokenizer = transformers.AutoTokenizer.from_pretrained(base)
 
-    train = _load_split(task, "train")
-    validation = _load_split(task, "validation")
+    train = load_split(task, "train")
+    validation = load_split(task, "validation")
     if len(train) == 0 or len(validation) == 0:
         raise DataError(f"task {task.name!r}: empty train or validation split")
 
