@@ -1,6 +1,6 @@
 """The streaming executor: one tensor group in memory at a time, output bytes straight to disk.
 
-For each planned tensor: read its inputs (memory-mapped), cast to the compute dtype, zero-pad heads,
+For each planned tensor: read its inputs into fresh buffers, cast to the compute dtype, zero-pad heads,
 call the method's `merge`, cast to the output dtype and append to the open shard. The next group is
 read on a background thread while the current one is merged. Output goes to a temporary sibling
 folder that is renamed into place only when complete, so a failure leaves nothing behind.
