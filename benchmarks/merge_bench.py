@@ -112,29 +112,13 @@ MERGEKIT_PIN = "mergekit==0.1.5"
 
 def roberta_config(arch: dict, num_labels: int | None) -> dict:
     """A roberta-base style config.json (as transformers and mergekit load it)."""
-    config = {
-        "architectures": ["RobertaForSequenceClassification" if num_labels else "RobertaModel"],
-        "model_type": "roberta",
-        "attention_probs_dropout_prob": 0.1,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1,
-        "hidden_size": arch["hidden"],
-        "initializer_range": BASE_STD,
-        "intermediate_size": arch["intermediate"],
-        "layer_norm_eps": 1e-5,
-        "max_position_embeddings": arch["positions"],
-        "num_attention_heads": arch["heads"],
-        "num_hidden_layers": arch["layers"],
-        "pad_token_id": 1,
-        "bos_token_id": 0,
-        "eos_token_id": 2,
-        "type_vocab_size": 1,
-        "vocab_size": arch["vocab"],
-        "torch_dtype": "float32",
-    }
-    if num_labels:
-        config["id2label"] = {str(i): f"LABEL_{i}" for i in range(num_labels)}
-        config["label2id"] = {f"LABEL_{i}": i for i in range(num_labels)}
+    from prefkit.testing import tiny_config
+
+    config = tiny_config(num_labels, layers=arch["layers"], hidden=arch["hidden"],
+                         intermediate=arch["intermediate"], vocab=arch["vocab"],
+                         positions=arch["positions"], attention_heads=arch["heads"])
+    config.update(attention_probs_dropout_prob=0.1, hidden_dropout_prob=0.1,
+                  initializer_range=BASE_STD)
     return config
 
 

@@ -23,7 +23,7 @@ def scale_(tensor: torch.Tensor, weight: float) -> torch.Tensor:
     return tensor.mul_(torch.tensor(weight, dtype=tensor.dtype))
 
 
-def magnitude_magnitudes(delta: torch.Tensor) -> torch.Tensor:
+def flat_magnitudes(delta: torch.Tensor) -> torch.Tensor:
     """|δ| flattened, in float32 (float64 stays float64) so selection is exact for half dtypes."""
     mag = delta.abs().reshape(-1)
     return mag if mag.dtype == torch.float64 else mag.float()
@@ -32,7 +32,7 @@ def magnitude_magnitudes(delta: torch.Tensor) -> torch.Tensor:
 def magnitude_bits(delta: torch.Tensor) -> torch.Tensor:
     """|δ| as float32 bit patterns (int32, flat): for non-negative floats, integer order = value
     order, so exact selection can count bits instead of sorting."""
-    return magnitude_magnitudes(delta).float().view(torch.int32)
+    return flat_magnitudes(delta).float().view(torch.int32)
 
 
 def high_histogram(bits: torch.Tensor) -> torch.Tensor:
@@ -102,7 +102,7 @@ def topk_mask(delta: torch.Tensor, k: int) -> torch.Tensor:
 def threshold_mask(delta: torch.Tensor, threshold: float, ties: int) -> tuple[torch.Tensor, int]:
     """|δ| > threshold, plus the first `ties` entries (lowest flat index) equal to it; also
     returns how many equal entries were taken."""
-    mag = magnitude_magnitudes(delta).float()
+    mag = flat_magnitudes(delta).float()
     mask = mag > threshold
     taken = 0
     if ties > 0:
@@ -110,14 +110,6 @@ def threshold_mask(delta: torch.Tensor, threshold: float, ties: int) -> tuple[to
         mask[equal] = True
         taken = equal.numel()
     return mask.reshape(delta.shape), taken
-
-
-def rescale_l1_(masked: torch.Tensor, norm_before: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Scale `masked` in place so its L1 norm is `norm_before` (mergekit's `rescale: true`)."""
-    after = masked.abs().sum()
-    if norm_before < eps or after < eps:
-        return masked
-    return masked.mul_(norm_before / after)
 
 
 def elected_positive(deltas: Sequence[torch.Tensor], method: str = "sum") -> torch.Tensor:

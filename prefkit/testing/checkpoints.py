@@ -15,7 +15,9 @@ REFERENCE_TASKS: dict[str, int] = {"ag_news": 4, "imdb": 2, "mnli": 3, "mrpc": 2
 
 
 def tiny_config(num_labels: int | None = None, *, layers: int = 2, hidden: int = 16,
-                intermediate: int = 32, vocab: int = 50, positions: int = 34) -> dict:
+                intermediate: int = 32, vocab: int = 50, positions: int = 34,
+                attention_heads: int = 2) -> dict:
+    """A RoBERTa `config.json` of the given size (generic LABEL_i names when `num_labels`)."""
     config = {
         "architectures": ["RobertaForSequenceClassification" if num_labels else "RobertaModel"],
         "model_type": "roberta",
@@ -27,7 +29,7 @@ def tiny_config(num_labels: int | None = None, *, layers: int = 2, hidden: int =
         "intermediate_size": intermediate,
         "layer_norm_eps": 1e-5,
         "max_position_embeddings": positions,
-        "num_attention_heads": 2,
+        "num_attention_heads": attention_heads,
         "num_hidden_layers": layers,
         "pad_token_id": 1,
         "bos_token_id": 0,
