@@ -1,21 +1,22 @@
-"""`prefkit run`: validate every recipe first, then merge each, keep going after a failure."""
+"""`prefkit run`: validate every recipe first, then run each, keep going after a failure."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import click
 
 from prefkit.errors import ExitCode, PrefkitError
+from prefkit.executor import DEFAULT_SHARD_BYTES
 
 
 def run_batch(recipes, registry, *, output, overrides, force, quiet, max_shard_bytes,
               report: Callable[[PrefkitError], None]) -> int:
     """Run recipes; print one JSON line per recipe on stdout; return the worst exit code."""
-    from prefkit.executor import execute
-    from prefkit.plan import check, resolve
-    from prefkit.progress import NullReporter, RichReporter
+    from prefkit.plan import check
     from prefkit.recipe import load_recipe
 
     checked = []
@@ -30,18 +31,9 @@ def run_batch(recipes, registry, *, output, overrides, force, quiet, max_shard_b
     for path, loaded, error in checked:
         if error is None:
             try:
-                plan = resolve(loaded, registry, output)
-                reporter = NullReporter() if quiet else RichReporter()
-                for note in plan.notes:
-                    reporter.note(note)
-                result = execute(plan, reporter=reporter, force=force,
-                                 max_shard_bytes=max_shard_bytes)
-                line = {"recipe": path, "status": "ok", "output": str(result.output),
-                        "method": plan.method.method.name, "tensors": result.tensors,
-                        "bytes": result.bytes_written, "seconds": round(result.seconds, 3)}
-                if loaded.recipe.evaluate is not None:
-                    line["results"] = _evaluate(loaded, result.output, registry, quiet)["tasks"]
-                click.echo(json.dumps(line))
+                line = run_recipe(loaded, registry, output=output, force=force, quiet=quiet,
+                                  max_shard_bytes=max_shard_bytes)
+                click.echo(json.dumps({"recipe": path, **line}))
                 continue
             except PrefkitError as exc:
                 error = exc
@@ -50,6 +42,30 @@ def run_batch(recipes, registry, *, output, overrides, force, quiet, max_shard_b
         click.echo(json.dumps({"recipe": path, "status": "failed",
                                "exit_code": int(error.exit_code), "error": error.message}))
     return int(worst)
+
+
+def run_recipe(loaded, registry, *, output: str | Path | None = None, force: bool = False,
+               quiet: bool = False, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> dict[str, Any]:
+    """Run one loaded recipe, whatever its method's kind, then its `evaluate:` step.
+
+    Returns the result line (status, output, method, tensors, bytes, seconds and, with
+    `evaluate:`, per-task results). Raises PrefkitError; nothing is left half written.
+    """
+    from prefkit.executor import execute
+    from prefkit.plan import resolve
+    from prefkit.progress import NullReporter, RichReporter
+
+    plan = resolve(loaded, registry, output)
+    reporter = NullReporter() if quiet else RichReporter()
+    for note in plan.notes:
+        reporter.note(note)
+    result = execute(plan, reporter=reporter, force=force, max_shard_bytes=max_shard_bytes)
+    line = {"status": "ok", "output": str(result.output), "method": plan.method.method.name,
+            "tensors": result.tensors, "bytes": result.bytes_written,
+            "seconds": round(result.seconds, 3)}
+    if loaded.recipe.evaluate is not None:
+        line["results"] = _evaluate(loaded, result.output, registry, quiet)["tasks"]
+    return line
 
 
 def _evaluate(loaded, output, registry, quiet):

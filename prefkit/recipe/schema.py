@@ -87,6 +87,9 @@ class Recipe(_Strict):
     output: str | None = Field(None, description="prefkit: output folder (default runs/<recipe name>).")
     evaluate: EvaluateSpec | None = Field(None, description="prefkit: evaluate after merging.")
     tasks: dict[str, InlineTask] | None = Field(None, description="prefkit: tasks defined inline.")
+    train: dict[str, Any] | None = Field(
+        None, description="prefkit: training settings of a trainer method (chebyshev, epo), "
+        "checked against the method's own settings model.")
 
     _dtypes = field_validator("dtype", "out_dtype")(_dtype)
 
