@@ -144,6 +144,92 @@ class TensorMethod(abc.ABC):
         """
 
 
+class TrainSettings(Params):
+    """The `train:` block every trainer method accepts (methods subclass it to add their own).
+
+    One optimiser step draws one batch of every task (tasks interleaved step by step), computes
+    the per-task losses L_i and updates with the method's task weights: θ ← θ − lr·Σ α_i ∇L_i.
+    """
+
+    steps: int | None = Field(None, ge=1, description="Optimiser steps (default 100 unless epochs).")
+    epochs: float | None = Field(None, gt=0, description="Instead of steps: passes over the largest "
+                                 "task's train split (smaller tasks cycle).")
+    batch_size: int = Field(32, ge=1, description="Examples per task per step.")
+    lr: float = Field(5e-5, gt=0, alias="learning_rate", description="Peak learning rate.")
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = Field(0.01, ge=0, description="Decoupled weight decay (matrices only).")
+    warmup: float = Field(0.1, ge=0, lt=1, description="Fraction of steps of linear warm-up.")
+    schedule: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Learning-rate decay after warm-up.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the update's norm; null: off.")
+    max_length: int = Field(128, ge=8, description="Tokens per example (longer are truncated).")
+    train_layers: int | None = Field(
+        None, ge=0, description="Train only the top N transformer layers (plus pooler and heads); "
+        "null: everything, embeddings included.")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="bf16 autocast; auto: bf16 on CUDA, fp32 elsewhere.")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's).")
+    eval_every: int | None = Field(None, ge=1, description="Score the validation split every N steps.")
+    eval_samples: int = Field(200, ge=1, description="Validation examples per task for eval_every.")
+    checkpoint_every: int = Field(50, ge=1, description="Save a resumable state every N steps.")
+    log_every: int = Field(10, ge=1, description="Report per-task losses every N steps.")
+    cache_dir: str = Field("checkpoints/training", description="Trained models and resumable states.")
+    evaluate_only: bool = Field(False, description="Use the cached trained model; never train.")
+
+    # Settings that change where the files go or what is reported, not the trained weights.
+    NOT_IN_CACHE_KEY: ClassVar[frozenset[str]] = frozenset({
+        "eval_every", "eval_samples", "checkpoint_every", "log_every", "cache_dir", "evaluate_only",
+        "threads"})
+
+
+class TrainerMethod(abc.ABC):
+    """A method that fine-tunes the base on all tasks at once, steered by the preference.
+
+    The shared training loop (`prefkit.train`) calls `task_weights` once per step with the
+    current per-task losses; the update is θ ← θ − lr·Σ α_i ∇L_i. Methods that need the task
+    gradients (EPO) set `uses_gradients` and receive their Gram matrix G = J·Jᵀ.
+
+    Class attributes:
+        name, aliases, summary, reference_url: as for TensorMethod.
+        Settings: the `train:` block's model (a TrainSettings subclass).
+        uses_gradients: compute the per-task gradients every step (m backward passes).
+    """
+
+    kind: ClassVar[str] = "trainer"
+    name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
+    summary: ClassVar[str] = ""
+    reference_url: ClassVar[str] = ""
+    base: ClassVar[Literal["required", "input"]] = "required"
+    Params: ClassVar[type[Params]] = NoParams
+    ModelParams: ClassVar[type[Params]] = NoParams
+    param_aliases: ClassVar[dict[str, str]] = {}
+    Settings: ClassVar[type[TrainSettings]] = TrainSettings
+    uses_gradients: ClassVar[bool] = False
+
+    def start(self, preference: Any, settings: TrainSettings) -> dict[str, Any]:
+        """The method's state before the first step (JSON-able: it is saved for resuming)."""
+        return {}
+
+    @abc.abstractmethod
+    def task_weights(self, losses: Any, *, preference: Any, settings: TrainSettings,
+                     state: dict[str, Any], gram: Any = None) -> Any:
+        """The weights α of the task losses for this step.
+
+        Args:
+            losses: the per-task losses of this step's batches (1-D float64 tensor, detached).
+            preference: the normalised preference (1-D float64 tensor, sums to 1).
+            settings: the validated `train:` block.
+            state: the method's state; update it in place (e.g. a running ideal point).
+            gram: G = J·Jᵀ of the per-task gradients (m × m, float64) when `uses_gradients`.
+
+        Returns:
+            α, a 1-D tensor of m non-negative weights.
+        """
+
+
 @dataclass(frozen=True)
 class Task:
     """A labelled text-classification task, for evaluation, training and AdaMerging.

@@ -74,6 +74,7 @@ class Plan:
 
     @property
     def head_tensors(self) -> list[str]:
+    train: Any = None  # trainer methods: the validated `train:` block (a TrainSettings)
         """Classifier tensors: padded ones, ones the base lacks, and those under a head module."""
         return [t.name for t in self.tensors if not t.copy and (
             t.padded or (self.base is not None and t.base is None)
@@ -138,6 +139,7 @@ class _Resolver:
         if len(self.errors) == 1:
             raise self.errors[0]
         if self.errors:
+        self.train_settings = None
             raise RecipeErrors(self.errors)
 
     # -- checks that need no files ---------------------------------------------------------
@@ -176,6 +178,7 @@ class _Resolver:
                      "use base (default) or a model path")
 
     def _check_required(self, method) -> None:
+        self.train_settings = self._train_settings(method)
         """A per-model parameter without default must be set for every model (or by preference)."""
         for field, info in method.ModelParams.model_fields.items():
             name = info.alias or field
@@ -226,6 +229,39 @@ class _Resolver:
                          "parameters:")
                 continue
             if name in out:
+    def _train_settings(self, method):
+        """Trainer methods: the `train:` block against the method's Settings; every model needs a
+        registered (or inline) task. Other methods: no `train:` block."""
+        raw = self.recipe.train
+        if getattr(method, "kind", "tensor") != "trainer":
+            if raw is not None:
+                self.err(("train",), f"method {method.name!r} does not train",
+                         "train: is for trainer methods (chebyshev, epo); remove it")
+            return None
+        inline = self.recipe.tasks or {}
+        for i, model in enumerate(self.recipe.models):
+            if not model.task:
+                self.err(("models", i), f"{method.name} trains on every model's task; "
+                         f"{model.model} has no task:", "add task: <name> (see `prefkit tasks`)")
+            elif model.task not in inline and self.recipe.evaluate is None:
+                try:
+                    self.registry.task(model.task)
+                except RecipeError as exc:
+                    self.err(("models", i, "task"), exc.message, exc.hint, type(exc))
+        tasks = [m.task for m in self.recipe.models if m.task]
+        for task in {t for t in tasks if tasks.count(t) > 1}:
+            self.err(("models",), f"task {task!r} is given for more than one model",
+                     "a trainer learns one head per task; list each task once")
+        try:
+            settings = method.Settings.model_validate(raw or {})
+        except ValidationError as exc:
+            for problem in exc.errors():
+                self.err(("train", *problem["loc"]), problem["msg"])
+            return None
+        if settings.steps is not None and settings.epochs is not None:
+            self.err(("train", "epochs"), "steps and epochs both given", "keep one of them")
+        return settings
+
                 self.err((*loc, key), f"given twice (as {key!r} and its other name)")
                 continue
             field = _field_name(owner, name)
@@ -266,7 +302,7 @@ class _Resolver:
             output=Path(output or self.recipe.output or Path("runs") / self.loaded.path.stem),
             out_config=_out_config(base, inputs, tensors),
             tokenizer_source=self._tokenizer_source(base, inputs, recipe_dir),
-            notes=tuple(notes),
+            notes=tuple(notes), train=self.train_settings,
         )
 
     def _open(self, ref: str, loc: tuple, task: str | None, recipe_dir: Path,

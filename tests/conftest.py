@@ -10,7 +10,7 @@ import pytest
 from prefkit.registry import load_registry
 from prefkit.testing import make_zoo
 
-BUILTINS = ("linear", "task_arithmetic", "ties", "reference_tasks", "demo_tasks")
+BUILTINS = ("linear", "task_arithmetic", "ties", "reference_tasks", "demo_tasks", "scalarization", "epo")
 
 
 def builtin_plugins() -> dict:

@@ -25,6 +25,7 @@ def load_split(task: Task, role: str) -> Any:
             import datasets
 
             datasets.logging.set_verbosity_error()
+            datasets.disable_progress_bars()
             kwargs = {"data_files": task.data_files} if task.data_files else {}
             dataset = datasets.load_dataset(task.dataset, task.config_name, split=split, **kwargs)
     except DataError:

@@ -100,12 +100,13 @@ def _linprog(c, A_ub, b_ub, m):
 
 def epo_search_direction(
     losses: TensorLike,
-    jacobian: torch.Tensor,
+    jacobian: torch.Tensor | None,
     preference: TensorLike,
     *,
     eps: float = 1e-4,
     relax: bool = False,
     fallback: TensorLike | None = None,
+    gram: TensorLike | None = None,
 ) -> EPODirection:
     """One EPO search direction: weights ``alpha`` for ``theta <- theta - lr * alpha @ jacobian``.
 
@@ -115,10 +116,18 @@ def epo_search_direction(
     the two modes and the fallback). ``eps`` is the non-uniformity threshold above which the step
     balances rather than descends. Returns an :class:`EPODirection` (``alpha`` in the dtype and on
     the device of ``jacobian``). Requires SciPy (``pip install scipy``); inputs are detached.
+
+    Instead of the Jacobian, its Gram matrix ``gram = J J^T`` (m x m) may be given (with
+    ``jacobian=None``): the direction depends on J only through G, and a training loop can
+    accumulate G tensor by tensor without ever concatenating J.
     """
     L_t = _as_losses(losses)
     m = L_t.numel()
-    J_t = torch.as_tensor(jacobian)
+    if (jacobian is None) == (gram is None):
+        raise ValueError("give exactly one of jacobian and gram")
+    J_t = torch.as_tensor(jacobian if jacobian is not None else gram)
+    if jacobian is None and tuple(J_t.shape) != (m, m):
+        raise ValueError(f"gram must be m x m with m={m}, got {tuple(J_t.shape)}")
     if J_t.ndim != 2 or J_t.shape[0] != m:
         raise ValueError(f"jacobian must be m x n with m={m} rows (one per loss), got {tuple(J_t.shape)}")
     if not (eps >= 0):
@@ -141,7 +150,7 @@ def epo_search_direction(
         fb_np = np.full(m, 1.0 / m)
 
     Jd = J_t.detach().to("cpu", torch.float64)
-    G = (Jd @ Jd.T).numpy()
+    G = (Jd @ Jd.T).numpy() if jacobian is not None else Jd.numpy().copy()
     pl, mu, a = epo_adjustments(L, p)
     scale = np.abs(G).max()
     mode = "balance" if mu > eps else "descent"

@@ -44,8 +44,10 @@ def test_methods_lists_builtins_with_plugin(cli):
     result = invoke(cli, "methods", "--json")
     assert result.exit_code == 0
     rows = {r["name"]: r for r in json.loads(result.stdout)}
-    assert set(rows) == {"linear", "task_arithmetic", "ties"}
+    assert set(rows) == {"linear", "task_arithmetic", "ties", "chebyshev", "epo",
+                         "linear_scalarization"}
     assert rows["linear"]["aliases"] == ["averaging"]
+    assert rows["epo"]["kind"] == rows["chebyshev"]["kind"] == "trainer"
     assert rows["ties"]["plugin"] == "ties" and rows["ties"]["kind"] == "tensor"
     assert rows["ties"]["reference_url"] == "https://arxiv.org/abs/2306.01708"
     table = invoke(cli, "methods")
