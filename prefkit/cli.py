@@ -65,13 +65,13 @@ def build_cli(registry_factory: RegistryFactory = _default_registry) -> click.Gr
                   help="Override a recipe key, e.g. parameters.density=0.3 or preference=[0.8,0.2].")
     def validate(recipes: tuple[str, ...], overrides: tuple[str, ...]) -> None:
         """Check recipes (schema, method, parameters, preference) without reading any model."""
-        from prefkit.plan import check
+        from prefkit.commands.sweep_run import check_recipe
         from prefkit.recipe import load_recipe
 
         worst = ExitCode.OK
         for path in recipes:
             try:
-                check(load_recipe(path, overrides), registry())
+                check_recipe(load_recipe(path, overrides), registry())
                 click.echo(f"{path}: ok")
             except PrefkitError as exc:
                 _report(exc)
@@ -87,10 +87,13 @@ def build_cli(registry_factory: RegistryFactory = _default_registry) -> click.Gr
     def plan(recipe: str, overrides: tuple[str, ...], output: str | None, as_json: bool) -> None:
         """Show which tensors a recipe merges, from which files, shapes, bytes and parameters."""
         from prefkit.commands.plan_view import print_plan
+        from prefkit.commands.sweep_run import reject_sweep
         from prefkit.plan import resolve
         from prefkit.recipe import load_recipe
 
-        print_plan(resolve(load_recipe(recipe, overrides), registry(), output), as_json)
+        loaded = load_recipe(recipe, overrides)
+        reject_sweep(loaded, "plan")
+        print_plan(resolve(loaded, registry(), output), as_json)
 
     @cli.command()
     @click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False))
@@ -102,20 +105,53 @@ def build_cli(registry_factory: RegistryFactory = _default_registry) -> click.Gr
     @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
     @click.option("--max-shard-size", default="5GB", show_default=True,
                   callback=lambda c, p, v: parse_size(v), help="Largest output shard.")
-    def run(recipes, output, overrides, force, quiet, max_shard_size) -> None:
+    @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                  help="Sweeps: run points in local processes or on Ray (prefkit[ray]).")
+    @click.option("--workers", type=click.IntRange(min=0),
+                  help="Sweeps: points run at once (default 1; 0 = in this process).")
+    @click.option("--evaluate-only", is_flag=True, help="Sweeps: re-score stored models, never merge.")
+    @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+                  help="Log level (default: the recipe's logging:, else info).")
+    @click.option("--log-format", type=click.Choice(["simple", "detailed", "json"]),
+                  help="Log record format on stderr and in --log-file.")
+    @click.option("--log-file", type=click.Path(dir_okay=False), help="Also append log records here.")
+    def run(recipes, output, overrides, force, quiet, max_shard_size, executor, workers,
+            evaluate_only, log_level, log_format, log_file) -> None:
         """Merge each recipe; one JSON result line per recipe on stdout.
 
         All recipes are validated first; a failing recipe does not stop the others, and the exit
-        code is the worst one.
+        code is the worst one. A sweep recipe (preferences:, methods:) runs every point.
         """
         from prefkit.commands.run_batch import run_batch
+        from prefkit.sweep import SweepOptions
+
+        sweep = SweepOptions(executor, workers, evaluate_only, log_level, log_format, log_file)
+        if log_level or log_format or log_file:
+            from prefkit.sweep.logs import configure_logging
+
+            configure_logging(log_level or "info", log_format or "simple", log_file, quiet=quiet)
 
         if output and len(recipes) > 1:
             raise click.UsageError("-o/--output takes one recipe; set output: in each recipe instead")
         code = run_batch(recipes, registry(), output=output, overrides=overrides, force=force,
-                         quiet=quiet, max_shard_bytes=max_shard_size, report=_report)
+                         quiet=quiet, max_shard_bytes=max_shard_size, report=_report, sweep=sweep)
         if code:
             sys.exit(code)
+
+    @cli.command()
+    @click.argument("folder", type=click.Path(file_okay=False))
+    @click.option("--metric", default="accuracy", show_default=True, help="The score of each task.")
+    @click.option("--reference", help="Hypervolume reference: one value, or one per task "
+                  "(comma-separated); default 0.")
+    @click.option("--no-plots", is_flag=True, help="Write report.md only.")
+    @click.option("-q", "--quiet", is_flag=True, help="No table on stderr.")
+    def report(folder, metric, reference, no_plots, quiet) -> None:
+        """Rebuild a sweep's report.md and plots from its results.jsonl; JSON on stdout."""
+        from prefkit.commands.report import parse_reference, report_command
+
+        result = report_command(folder, metric=metric, reference=parse_reference(reference),
+                                plots=not no_plots, quiet=quiet)
+        click.echo(json.dumps(result, indent=2))
 
     @cli.command()
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

@@ -14,16 +14,20 @@ from prefkit.executor import DEFAULT_SHARD_BYTES
 
 
 def run_batch(recipes, registry, *, output, overrides, force, quiet, max_shard_bytes,
-              report: Callable[[PrefkitError], None]) -> int:
-    """Run recipes; print one JSON line per recipe on stdout; return the worst exit code."""
-    from prefkit.plan import check
+              report: Callable[[PrefkitError], None], sweep=None) -> int:
+    """Run recipes; print one JSON line per recipe on stdout; return the worst exit code.
+    A sweep recipe (preferences:/methods:) runs all its points, with `sweep` (SweepOptions)."""
+    from prefkit.commands.sweep_run import check_recipe, run_sweep_recipe
     from prefkit.recipe import load_recipe
+    from prefkit.sweep import SweepOptions, is_sweep
+
+    sweep = sweep or SweepOptions()
 
     checked = []
     for path in recipes:
         try:
             loaded = load_recipe(path, overrides)
-            check(loaded, registry)
+            check_recipe(loaded, registry, sweep)
             checked.append((path, loaded, None))
         except PrefkitError as exc:
             checked.append((path, None, exc))
@@ -31,8 +35,12 @@ def run_batch(recipes, registry, *, output, overrides, force, quiet, max_shard_b
     for path, loaded, error in checked:
         if error is None:
             try:
-                line = run_recipe(loaded, registry, output=output, force=force, quiet=quiet,
-                                  max_shard_bytes=max_shard_bytes)
+                if is_sweep(loaded):
+                    line = run_sweep_recipe(loaded, registry, output=output, force=force,
+                                            quiet=quiet, options=sweep)
+                else:
+                    line = run_recipe(loaded, registry, output=output, force=force, quiet=quiet,
+                                      max_shard_bytes=max_shard_bytes)
                 click.echo(json.dumps({"recipe": path, **line}))
                 continue
             except PrefkitError as exc:
@@ -64,12 +72,12 @@ def run_recipe(loaded, registry, *, output: str | Path | None = None, force: boo
             "tensors": result.tensors, "bytes": result.bytes_written,
             "seconds": round(result.seconds, 3)}
     if loaded.recipe.evaluate is not None:
-        line["results"] = _evaluate(loaded, result.output, registry, quiet)["tasks"]
+        line["results"] = evaluate_output(loaded, result.output, registry, quiet)["tasks"]
     return line
 
 
-def _evaluate(loaded, output, registry, quiet):
-    """The recipe's `evaluate:` step on the merged output."""
+def evaluate_output(loaded, output, registry, quiet):
+    """The recipe's `evaluate:` step on a merged output (sweeps re-score stored models with it)."""
     from prefkit.commands.evaluation import evaluate_and_report
     from prefkit.eval.evaluate import EvalSettings
     from prefkit.eval.run import inline_tasks

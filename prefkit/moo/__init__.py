@@ -16,10 +16,12 @@ Conventions used throughout ``prefkit.moo``:
 * A Jacobian is ``m x n``: row ``i`` is the gradient of ``L_i`` with respect to the ``n`` parameters;
   a step is ``theta <- theta - lr * alpha @ jacobian``.
 
-SciPy is needed only by :func:`epo_search_direction` (imported lazily).
+SciPy is needed only by :func:`epo_search_direction` (imported lazily). Front metrics on task
+scores (:func:`hypervolume`, :func:`non_dominated`, :func:`preference_alignment`) use moocore.
 """
 
 from .epo import EPODirection, epo_adjustments, epo_search_direction
+from .front import hypervolume, non_dominated, preference_alignment
 from .scalarization import (
     chebyshev_scalarization,
     linear_scalarization,
@@ -32,7 +34,10 @@ __all__ = [
     "chebyshev_scalarization",
     "epo_adjustments",
     "epo_search_direction",
+    "hypervolume",
     "linear_scalarization",
+    "non_dominated",
     "non_uniformity",
     "normalize_preference",
+    "preference_alignment",
 ]

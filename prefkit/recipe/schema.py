@@ -4,9 +4,19 @@ against the method's own Params models, once the method is known (`prefkit.plan`
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
+
+from prefkit.sweep.spec import LoggingSpec, MethodEntry, PreferenceGrid, WandbSpec, preferences_value
 
 DTYPES = {
     "float32": "float32", "fp32": "float32", "float": "float32",
@@ -72,7 +82,9 @@ def _dtype(value: str | None) -> str | None:
 class Recipe(_Strict):
     """One merge. Paths are resolved against the recipe's folder, then the working directory."""
 
-    merge_method: str = Field(description="A registered method name (`prefkit methods`).")
+    merge_method: str | None = Field(
+        None, description="A registered method name (`prefkit methods`); a sweep may list "
+        "methods: instead.")
     base_model: str | None = Field(None, description="The pretrained model the others were tuned from.")
     models: list[ModelEntry] = Field(min_length=1, description="The models to merge, in order.")
     parameters: dict[str, Any] | None = Field(None, description="Method parameters for all models.")
@@ -90,8 +102,34 @@ class Recipe(_Strict):
     train: dict[str, Any] | None = Field(
         None, description="prefkit: training settings of a trainer method (chebyshev, epo), "
         "checked against the method's own settings model.")
+    # prefkit sweeps (prefkit.sweep): a recipe with preferences: or methods: runs every point.
+    preferences: Annotated[list[list[float]] | PreferenceGrid | None,
+                           WrapValidator(preferences_value)] = Field(
+        None, description="prefkit sweep: a list of preferences or {grid: simplex, steps: K}.")
+    methods: list[MethodEntry] | None = Field(
+        None, min_length=1, description="prefkit sweep: several methods, each with its parameters.")
+    keep_models: bool = Field(True, description="prefkit sweep: keep merged models after scoring.")
+    wandb: WandbSpec | None = Field(None, description="prefkit sweep: Weights & Biases logging.")
+    logging: LoggingSpec | None = Field(None, description="prefkit sweep: log level, format, file.")
 
     _dtypes = field_validator("dtype", "out_dtype")(_dtype)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _method_named(cls, data: Any, handler: Any) -> Recipe:
+        """merge_method is required, except in a sweep that lists its methods under methods:
+        (reported with the other errors, as pydantic reports a missing field)."""
+        needs = isinstance(data, dict) and data.get("merge_method") is None and not data.get("methods")
+        missing = {"type": "missing", "loc": ("merge_method",), "input": data}
+        try:
+            recipe = handler(data)
+        except ValidationError as exc:
+            if not needs:
+                raise
+            raise ValidationError.from_exception_data(exc.title, [missing, *exc.errors()]) from None
+        if needs:
+            raise ValidationError.from_exception_data(cls.__name__, [missing])
+        return recipe
 
     @field_validator("preference")
     @classmethod

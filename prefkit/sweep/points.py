@@ -1,0 +1,247 @@
+"""A sweep recipe → its points: one ordinary recipe per (method, parameters, preference), checked
+like any recipe (errors point into the sweep file), with the content keys that cache them.
+
+A point recipe is the sweep recipe without the sweep keys, with one method's `merge_method`,
+`parameters` and `train`, and one `preference`. Its model key hashes that recipe (paths as
+written, without `output` and `evaluate`) and the fingerprints of its input checkpoints; its
+evaluation key adds `evaluate`. Same key ⇒ the stored model (or score) is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefkit.errors import CheckpointError, PrefkitError, RecipeErrors
+from prefkit.recipe.loader import LoadedRecipe, Marks
+from prefkit.sweep.grid import simplex_grid
+from prefkit.sweep.spec import PreferenceGrid
+
+SWEEP_KEYS = ("preferences", "methods", "keep_models", "wandb", "logging")
+METHOD_KEYS = ("merge_method", "parameters", "train")
+_SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One run of a sweep. `recipe` is the point recipe as the sweep file writes it."""
+
+    label: str  # the method's row in the report
+    recipe: dict[str, Any]
+    marks: Marks  # where each key of `recipe` is in the sweep file
+    overrides: dict[tuple, str]
+    method_loc: tuple  # ("methods", i) or () for the top-level method
+
+    @property
+    def preference(self) -> list[float] | None:
+        return self.recipe.get("preference")
+
+    def loaded(self, sweep: LoadedRecipe) -> LoadedRecipe:
+        """The point as a LoadedRecipe whose errors point into the sweep file."""
+        from pydantic import ValidationError
+
+        from prefkit.recipe.schema import Recipe
+
+        try:
+            recipe = Recipe.model_validate(self.recipe)
+        except ValidationError as exc:  # the sweep keys were checked: only a bug lands here
+            raise sweep.error(self.method_loc, f"point recipe is invalid: {exc}") from exc
+        return LoadedRecipe(sweep.path, recipe, self.recipe, self.marks, self.overrides)
+
+
+def _moved(table: dict[tuple, Any], moves: list[tuple[tuple, tuple]]) -> dict[tuple, Any]:
+    """Re-key `table` (key path → anything) so that each `src` prefix becomes its `dst`."""
+    out = {}
+    for path, value in table.items():
+        for src, dst in moves:
+            if path[: len(src)] == src:
+                out[(*dst, *path[len(src):])] = value
+                break
+    return out
+
+
+def _method_entries(sweep: LoadedRecipe) -> list[tuple[dict[str, Any], tuple]]:
+    """(method keys, their location) for each method of the sweep."""
+    data = sweep.data
+    if sweep.recipe.methods is None:
+        return [({k: data[k] for k in METHOD_KEYS if k in data}, ())]
+    return [({k: entry[k] for k in METHOD_KEYS if k in entry}, ("methods", i))
+            for i, entry in enumerate(data["methods"])]
+
+
+def _preferences(sweep: LoadedRecipe) -> list[tuple[list[float] | None, tuple]]:
+    """(preference, its location) for each preference of the sweep."""
+    spec = sweep.recipe.preferences
+    if spec is None:
+        return [(sweep.data.get("preference"), ("preference",))]
+    if isinstance(spec, PreferenceGrid):
+        return [(p, ("preferences",)) for p in simplex_grid(len(sweep.recipe.models), spec.steps)]
+    return [(list(p), ("preferences", j)) for j, p in enumerate(sweep.data["preferences"])]
+
+
+def labels(sweep: LoadedRecipe) -> list[str]:
+    """Report labels: `name:`, else the method name, with its parameters when listed twice."""
+    entries = sweep.recipe.methods
+    if entries is None:
+        return [sweep.recipe.merge_method or ""]
+    names = [e.merge_method for e in entries]
+    out = []
+    for e in entries:
+        if e.name:
+            out.append(e.name)
+        elif names.count(e.merge_method) > 1:
+            settings = {**(e.parameters or {}), **(e.train or {})}
+            out.append(f"{e.merge_method}({', '.join(f'{k}={v}' for k, v in settings.items())})")
+        else:
+            out.append(e.merge_method)
+    return out
+
+
+def expand(sweep: LoadedRecipe) -> list[Point]:
+    """Every (method, preference) point of a sweep, methods outermost, in file order."""
+    data = sweep.data
+    shared = {k: v for k, v in data.items()
+              if k not in (*SWEEP_KEYS, *METHOD_KEYS, "preference", "output")}
+    points = []
+    for label, (method, method_loc) in zip(labels(sweep), _method_entries(sweep)):
+        for preference, pref_loc in _preferences(sweep):
+            recipe = {"merge_method": method["merge_method"], **shared}
+            recipe.update({k: method[k] for k in ("parameters", "train") if k in method})
+            if preference is not None:
+                recipe["preference"] = preference
+            moves = [((*method_loc, k), (k,)) for k in METHOD_KEYS]
+            moves += [(pref_loc, ("preference",))]
+            moves += [((k,), (k,)) for k in shared]
+            marks = _moved(sweep.marks, moves)
+            marks[()] = sweep.marks.get((), (1, 1))
+            overrides = _moved(sweep.overrides or {}, moves)
+            points.append(Point(label, recipe, marks, overrides, method_loc or ("merge_method",)))
+    return points
+
+
+def check_sweep(sweep: LoadedRecipe, registry) -> list[Point]:
+    """The sweep's own rules, then every point's checks (each problem once). Returns the points.
+
+    Raises:
+        RecipeError / RecipeErrors: located in the sweep file.
+    """
+    from prefkit.plan import check
+
+    recipe = sweep.recipe
+    errors: list[PrefkitError] = []
+    if recipe.methods is not None:
+        errors += [sweep.error((k,), f"{k} and methods: both given",
+                               "with methods:, give merge_method and parameters in each entry")
+                   for k in METHOD_KEYS if k in sweep.data]
+    if recipe.preferences is not None and recipe.preference is not None:
+        errors.append(sweep.error(("preference",), "preference and preferences both given",
+                                  "a sweep runs each of its preferences: drop preference"))
+    if recipe.evaluate is None:
+        errors.append(sweep.error((), "a sweep scores every point: add evaluate: (e.g. "
+                                  "evaluate: {split: test})"))
+    errors += [sweep.error(("models", i), "a sweep needs task: for every model",
+                           "preference entry i weighs the task of model i")
+               for i, m in enumerate(recipe.models) if not m.task]
+    seen: dict[str, int] = {}
+    for i, label in enumerate(labels(sweep)):
+        if label in seen:
+            errors.append(sweep.error(("methods", i), f"methods[{i}] has the same label {label!r} "
+                                      f"as methods[{seen[label]}]", "give each a distinct name:"))
+        seen.setdefault(label, i)
+    points = expand(sweep)
+    messages = {str(e) for e in errors}
+    for point in points:
+        try:
+            check(point.loaded(sweep), registry)
+        except RecipeErrors as exc:
+            errors += [e for e in exc.errors if str(e) not in messages]
+            messages |= {str(e) for e in exc.errors}
+        except PrefkitError as exc:
+            if str(exc) not in messages:
+                errors.append(exc)
+                messages.add(str(exc))
+    if errors:
+        raise errors[0] if len(errors) == 1 else RecipeErrors(errors)
+    return points
+
+
+def check_plain(loaded: LoadedRecipe) -> None:
+    """A recipe that is not a sweep may not use the sweep-only keys."""
+    for key in ("keep_models", "wandb", "logging"):
+        if key in loaded.data:
+            raise loaded.error((key,), f"{key} applies to sweeps only",
+                               "add preferences: (or methods:) to make this recipe a sweep")
+
+
+# -- cache keys ---------------------------------------------------------------------------------
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def input_fingerprints(sweep: LoadedRecipe) -> dict[str, str]:
+    """Model reference → fingerprint (tensor names, dtypes, shapes, file sizes and mtimes).
+
+    Raises:
+        RecipeError: a model cannot be found (located at its `model:` key).
+    """
+    from prefkit.io.checkpoint import Checkpoint
+    from prefkit.io.hub import resolve_model
+    from prefkit.plan import fingerprint
+
+    refs = [(("models", i, "model"), m.model) for i, m in enumerate(sweep.recipe.models)]
+    if sweep.recipe.base_model:
+        refs.insert(0, (("base_model",), sweep.recipe.base_model))
+    out: dict[str, str] = {}
+    for loc, ref in refs:
+        if ref in out:
+            continue
+        try:
+            ckpt = Checkpoint.open(resolve_model(ref, sweep.path.parent))
+        except CheckpointError as exc:
+            raise sweep.error(loc, exc.message, exc.hint) from exc
+        files = sorted({meta.file for meta in ckpt.tensors.values()})
+        stamps = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        out[ref] = _digest([fingerprint(ckpt), stamps])
+    return out
+
+
+def model_key(point: Point, fingerprints: dict[str, str]) -> str:
+    """What the stored model depends on: the point recipe (less output and evaluate) and inputs."""
+    recipe = {k: v for k, v in point.recipe.items() if k not in ("output", "evaluate")}
+    return _digest({"recipe": recipe, "inputs": fingerprints})
+
+
+def eval_key(key: str, point: Point) -> str:
+    """What the stored score depends on: the model and the evaluate: settings."""
+    return _digest({"model": key, "evaluate": point.recipe.get("evaluate")})
+
+
+def folder_name(point: Point, key: str) -> str:
+    return f"{_SLUG.sub('_', point.recipe['merge_method'])}_{key[:12]}"
+
+
+def standalone(point: Point, sweep: LoadedRecipe, output: Path) -> dict[str, Any]:
+    """The point recipe as a file of its own: local model paths made absolute, and its output."""
+    from prefkit.io.hub import resolve_local
+
+    here = sweep.path.parent
+
+    def absolute(ref: str) -> str:
+        local = resolve_local(ref, here)
+        return str(local) if local is not None else ref
+
+    recipe = json.loads(json.dumps(point.recipe))  # a deep copy of plain data
+    if recipe.get("base_model"):
+        recipe["base_model"] = absolute(recipe["base_model"])
+    for model in recipe["models"]:
+        model["model"] = absolute(model["model"])
+    if recipe.get("tokenizer_source") not in (None, "base"):
+        # a model named by its reference stays that model: both are made absolute alike
+        recipe["tokenizer_source"] = absolute(recipe["tokenizer_source"])
+    recipe["output"] = str(output.resolve())
+    return recipe

@@ -1,0 +1,250 @@
+"""The sweep report, rebuilt from `results.jsonl` alone: one row per method (hypervolume, mean
+score, best score per task, preference alignment), one row per point, plots, `report.md`.
+
+Like FusionBench's reports, scores are per task with their mean; a method is a row whatever its
+kind (merge or trainer). The latest record of each point counts (a re-run or `--evaluate-only`
+supersedes earlier lines); failed points are listed apart.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prefkit.errors import DataError
+from prefkit.sweep.store import RESULTS, latest, read_results, write_atomic
+
+
+@dataclass(frozen=True)
+class ScoredPoint:
+    method: str  # the row it belongs to
+    preference: tuple[float, ...]  # normalised; uniform when the point had none
+    scores: tuple[float, ...]  # one per task, in task order
+    record: dict[str, Any]
+
+
+@dataclass
+class SweepResults:
+    tasks: list[str]
+    metric: str
+    points: list[ScoredPoint]
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    settings: list[dict[str, Any]] = field(default_factory=list)  # distinct evaluate: settings
+
+    @property
+    def methods(self) -> list[str]:
+        return list(dict.fromkeys(p.method for p in self.points))
+
+    def matrix(self, method: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        chosen = [p for p in self.points if method is None or p.method == method]
+        m = len(self.tasks)
+        scores = np.array([p.scores for p in chosen], dtype=float).reshape(-1, m)
+        prefs = np.array([p.preference for p in chosen], dtype=float).reshape(-1, m)
+        return scores, prefs
+
+
+def _config(r: dict[str, Any]) -> str:
+    return json.dumps([r.get("label"), r.get("merge_method"), r.get("parameters"), r.get("train")],
+                      sort_keys=True, default=str)
+
+
+def _method_names(records: list[dict[str, Any]]) -> dict[str, str]:
+    """Row name per (label, method, parameters, train): the label, made unique with parameters
+    when a folder holds two configurations under one label (e.g. after editing the sweep)."""
+    by_label: dict[str, set[str]] = {}
+    for r in records:
+        by_label.setdefault(str(r.get("label")), set()).add(_config(r))
+    names = {}
+    for r in records:
+        label = str(r.get("label"))
+        if len(by_label[label]) == 1:
+            names[_config(r)] = label
+        else:
+            settings = {**(r.get("parameters") or {}), **(r.get("train") or {})}
+            names[_config(r)] = f"{label} [{', '.join(f'{k}={v}' for k, v in settings.items())}]"
+    return names
+
+
+def collect(records: list[dict[str, Any]], metric: str = "accuracy") -> SweepResults:
+    """Scored points from results.jsonl records (latest per point).
+
+    Raises:
+        DataError: no scored point, points over different tasks, or a missing metric.
+    """
+    current = list(latest(records).values())
+    ok = [r for r in current if r.get("status") == "ok" and r.get("results")]
+    failed = [r for r in current if r.get("status") != "ok"]
+    if not ok:
+        raise DataError("no scored points in the results", hint="run the sweep first (prefkit run)")
+    tasks = list(ok[0].get("tasks") or ok[0]["results"])
+    names = _method_names(ok)
+    points, settings = [], []
+    for r in ok:
+        if list(r.get("tasks") or r["results"]) != tasks:
+            raise DataError(f"point {r.get('point')} was scored on {r.get('tasks')}, others on {tasks}",
+                            hint="keep one sweep per output folder")
+        missing = [t for t in tasks if metric not in r["results"].get(t, {})]
+        if missing:
+            raise DataError(f"point {r.get('point')} has no {metric!r} for {', '.join(missing)}",
+                            hint="pick a metric every task has, e.g. accuracy or macro_f1")
+        pref = np.asarray(r.get("preference") or [1.0] * len(tasks), dtype=float)
+        points.append(ScoredPoint(names[_config(r)], tuple((pref / pref.sum()).tolist()),
+                                  tuple(float(r["results"][t][metric]) for t in tasks), r))
+        if r.get("evaluate") not in settings:
+            settings.append(r.get("evaluate"))
+    points.sort(key=lambda p: (p.method, tuple(-x for x in p.preference)))
+    return SweepResults(tasks, metric, points, failed, settings)
+
+
+def alignment(results: SweepResults) -> dict[str, np.ndarray]:
+    """Per point (in `results.points` order), on the scale of all points of the sweep."""
+    from prefkit.moo import preference_alignment
+
+    scores, prefs = results.matrix()
+    return preference_alignment(scores, prefs)
+
+
+def method_rows(results: SweepResults, reference: list[float] | None = None) -> list[dict[str, Any]]:
+    """One row per method: points, front size, hypervolume, mean score, best per task, mean
+    cosine alignment and non-uniformity."""
+    from prefkit.moo import hypervolume, non_dominated
+
+    m = len(results.tasks)
+    ref = [0.0] * m if reference is None else list(reference)
+    aligned = alignment(results)
+    rows = []
+    for method in results.methods:
+        scores, _ = results.matrix(method)
+        mask = np.array([p.method == method for p in results.points])
+        cosine = aligned["cosine"][mask]
+        nu = aligned["non_uniformity"][mask]
+        rows.append({
+            "method": method, "points": int(len(scores)),
+            "front": int(non_dominated(scores).sum()),
+            "hypervolume": hypervolume(scores, ref),
+            "mean": float(scores.mean()),
+            "best": {t: float(v) for t, v in zip(results.tasks, scores.max(axis=0))},
+            "alignment": _nanmean(cosine), "non_uniformity": _nanmean(nu),
+        })
+    return rows
+
+
+def point_rows(results: SweepResults) -> list[dict[str, Any]]:
+    from prefkit.moo import non_dominated
+
+    aligned = alignment(results)
+    on_front = {}
+    for method in results.methods:
+        chosen = [i for i, p in enumerate(results.points) if p.method == method]
+        scores, _ = results.matrix(method)
+        on_front.update(zip(chosen, non_dominated(scores).tolist()))
+    return [{"method": p.method, "preference": list(p.preference),
+             "scores": dict(zip(results.tasks, p.scores)), "mean": float(np.mean(p.scores)),
+             "alignment": _finite(aligned["cosine"][i]),
+             "non_uniformity": _finite(aligned["non_uniformity"][i]), "front": on_front[i],
+             "point": p.record.get("point")} for i, p in enumerate(results.points)]
+
+
+def _nanmean(values: np.ndarray) -> float | None:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else None
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def methods_table(results: SweepResults, rows: list[dict[str, Any]]) -> str:
+    header = ["method", "points", "front", "hypervolume", "mean",
+              *[f"best {t}" for t in results.tasks], "alignment (cos)", "non-uniformity"]
+    body = [[r["method"], str(r["points"]), str(r["front"]), _fmt(r["hypervolume"]), _fmt(r["mean"]),
+             *[_fmt(r["best"][t]) for t in results.tasks], _fmt(r["alignment"]),
+             _fmt(r["non_uniformity"])] for r in rows]
+    return _table(header, body)
+
+
+def points_table(results: SweepResults, rows: list[dict[str, Any]]) -> str:
+    header = ["method", "preference", *results.tasks, "mean", "cos", "non-unif.", "front"]
+    body = [[r["method"], "[" + ", ".join(f"{x:.2f}" for x in r["preference"]) + "]",
+             *[_fmt(r["scores"][t]) for t in results.tasks], _fmt(r["mean"]),
+             _fmt(r["alignment"], 3), _fmt(r["non_uniformity"], 3), "●" if r["front"] else ""]
+            for r in rows]
+    return _table(header, body)
+
+
+def write_report(folder: Path, *, metric: str = "accuracy", reference: list[float] | None = None,
+                 plots: bool = True) -> dict[str, Any]:
+    """Rebuild `report.md` (and the plots) in `folder` from its results.jsonl.
+
+    Returns:
+        {"rows": method rows, "points": point rows, "report": path, "plots": [paths], "note": str}
+    """
+    path = folder / RESULTS
+    if not path.is_file():
+        raise DataError(f"{path}: no such file", hint="give the output folder of a sweep")
+    results = collect(read_results(path), metric)
+    if reference is not None and len(reference) not in (1, len(results.tasks)):
+        raise DataError(f"--reference has {len(reference)} values for {len(results.tasks)} tasks")
+    if reference is not None and len(reference) == 1:
+        reference = reference * len(results.tasks)
+    rows = method_rows(results, reference)
+    points = point_rows(results)
+    images, note = [], ""
+    if plots:
+        try:
+            from prefkit.sweep.plots import write_plots
+        except ImportError:
+            note = "plots skipped: matplotlib is not installed (pip install 'prefkit[plots]')"
+        else:
+            images = write_plots(folder, results, rows)
+    text = _markdown(folder, results, rows, points, images, reference, note)
+    write_atomic(folder / "report.md", text)
+    return {"rows": rows, "points": points, "report": str(folder / "report.md"),
+            "plots": [str(p) for p in images], "note": note}
+
+
+def _markdown(folder, results, rows, points, images, reference, note) -> str:
+    ref = reference or [0.0] * len(results.tasks)
+    settings = ", ".join(json.dumps(s, sort_keys=True) for s in results.settings)
+    lines = [
+        f"# Sweep report: {folder.name}", "",
+        f"{len(results.points)} scored points, {len(results.methods)} methods, tasks "
+        f"{', '.join(results.tasks)}; score: {results.metric} (evaluate: {settings}).",
+    ]
+    if len(results.settings) > 1:
+        lines.append("**Warning:** the points were scored with different evaluate: settings.")
+    lines += [
+        "", "## Methods", "",
+        methods_table(results, rows), "",
+        f"- *hypervolume*: volume dominated by the method's points above the reference "
+        f"({', '.join(f'{x:g}' for x in ref)}), higher is better; *front*: its non-dominated points.",
+        "- *mean*: mean over its points of the mean score over tasks; *best*: best score per task.",
+        "- *alignment (cos)*: mean cosine between a point's normalised score gain "
+        "(score − min) / (max − min), per task over all points, and its preference; 1 = the "
+        "trade-off asked for. *non-uniformity*: EPO's KL measure on the normalised losses "
+        "1 − gain (0 = on the preference ray).", "",
+        "## Points", "", points_table(results, points), "",
+    ]
+    if results.failed:
+        lines += ["## Failed points", ""]
+        lines += [f"- {r.get('label')} {r.get('preference')}: {r.get('error')}" for r in results.failed]
+        lines.append("")
+    if images:
+        lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in images] + [""]
+    if note:
+        lines += [note, ""]
+    return "\n".join(lines)

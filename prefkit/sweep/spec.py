@@ -1,0 +1,92 @@
+"""The sweep keys of a recipe (pydantic, unknown keys forbidden): `preferences`, `methods`,
+`keep_models`, `wandb`, `logging`. `prefkit.recipe.schema.Recipe` holds them as top-level fields;
+what they mean is in `prefkit.sweep.points`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PreferenceGrid(_Strict):
+    """Every preference on the simplex with entries k / steps (k = 0..steps, summing to 1)."""
+
+    grid: Literal["simplex"] = Field(description="The only grid: the probability simplex.")
+    steps: int = Field(ge=1, le=100, description="Divisions of each axis: steps=4 gives 0, .25, .5, ...")
+
+
+_PREFERENCE_LIST = TypeAdapter(list[list[float]])
+
+
+def _check_preference(p: list[float]) -> str | None:
+    if not p:
+        return "a preference is empty; give one non-negative number per model"
+    if any(math.isnan(x) or math.isinf(x) for x in p):
+        return "preference entries must be finite numbers"
+    if any(x < 0 for x in p):
+        return "preference entries must be >= 0"
+    if sum(p) <= 0:
+        return "a preference is all zeros; at least one entry must be > 0"
+    return None
+
+
+def preferences_value(value: Any, handler: Any) -> Any:
+    """Wrap validator of `preferences`: a mapping is a grid, anything else a list of vectors.
+    Picking the branch here keeps pydantic from reporting the errors of both."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return PreferenceGrid.model_validate(value)
+    if isinstance(value, list) and any(isinstance(x, bool) for p in value if isinstance(p, list)
+                                       for x in p):
+        raise ValueError("preference entries must be numbers, not true/false")
+    vectors = _PREFERENCE_LIST.validate_python(value)
+    if not vectors:
+        raise ValueError("preferences is empty; give a list of preferences or {grid: simplex, steps: K}")
+    for p in vectors:
+        problem = _check_preference(p)
+        if problem:
+            raise ValueError(f"{problem} (found {p})")
+    return vectors
+
+
+class MethodEntry(_Strict):
+    """One method of a sweep: a merge (or trainer) method with its parameters."""
+
+    merge_method: str = Field(description="A registered method name (`prefkit methods`).")
+    name: str | None = Field(None, description="Label in the report (default: the method name, "
+                             "with its parameters when a method is listed twice).")
+    parameters: dict[str, Any] | None = Field(None, description="The method's shared parameters.")
+    train: dict[str, Any] | None = Field(None, description="Training settings of a trainer method.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("name is empty")
+        return value
+
+
+class WandbSpec(_Strict):
+    """Optional Weights & Biases logging of a sweep (one W&B run per sweep run)."""
+
+    mode: Literal["disabled", "offline", "online"] = Field(
+        "disabled", description="offline writes the run under <output>/wandb for `wandb sync`.")
+    project: str | None = None
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+class LoggingSpec(_Strict):
+    """Log records of a sweep: level, format and an optional file (the CLI's --log-* win)."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["simple", "detailed", "json"] = "simple"
+    file: str | None = Field(None, description="Also write the records here (appended).")
