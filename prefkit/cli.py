@@ -15,6 +15,8 @@ import prefkit
 from prefkit.errors import ExitCode, PrefkitError, RecipeErrors
 
 RegistryFactory = Callable[[], "prefkit.registry.Registry"]
+ALLOW_PICKLE_HELP = ("Read pickle checkpoints (pytorch_model.bin), which can run code when loaded; "
+                     "only for files you trust (read with torch.load(weights_only=True)).")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*$", re.IGNORECASE)
 
 
@@ -46,6 +48,10 @@ def build_cli(registry_factory: RegistryFactory = _default_registry) -> click.Gr
     def registry():
         if "registry" not in cache:
             cache["registry"] = registry_factory()
+            if cache.get("plugins_dir"):
+                from prefkit.registry import add_plugins, load_plugins_dir
+
+                add_plugins(cache["registry"], load_plugins_dir(cache["plugins_dir"]))
             for plugin, error in cache["registry"].failed.items():
                 _echo_err(f"Warning: plugin {plugin!r} failed to load: {error}")
         return cache["registry"]
@@ -53,11 +59,14 @@ def build_cli(registry_factory: RegistryFactory = _default_registry) -> click.Gr
     @click.group(cls=_PrefkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(prefkit.__version__, prog_name="prefkit")
     @click.option("--traceback", is_flag=True, help="Show the full traceback of errors.")
-    def cli(traceback: bool) -> None:
+    @click.option("--plugins-dir", type=click.Path(exists=True, file_okay=False),
+                  help="Also load every *.py file in this folder as a plugin (one-off plugins).")
+    def cli(traceback: bool, plugins_dir: str | None) -> None:
         """Merge fine-tuned models for a preference over tasks.
 
         Recipes are mergekit YAML plus prefkit's keys (task, preference, heads, output).
         """
+        cache["plugins_dir"] = plugins_dir
 
     @cli.command()
     @click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False))
@@ -84,7 +93,9 @@ def build_cli(registry_factory: RegistryFactory = _default_registry) -> click.Gr
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")
     @click.option("-o", "--output", type=click.Path(file_okay=False), help="Output folder.")
     @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-    def plan(recipe: str, overrides: tuple[str, ...], output: str | None, as_json: bool) -> None:
+    @click.option("--allow-pickle", is_flag=True, help=ALLOW_PICKLE_HELP)
+    def plan(recipe: str, overrides: tuple[str, ...], output: str | None, as_json: bool,
+             allow_pickle: bool) -> None:
         """Show which tensors a recipe merges, from which files, shapes, bytes and parameters."""
         from prefkit.commands.plan_view import print_plan
         from prefkit.commands.sweep_run import reject_sweep
@@ -93,7 +104,7 @@ def build_cli(registry_factory: RegistryFactory = _default_registry) -> click.Gr
 
         loaded = load_recipe(recipe, overrides)
         reject_sweep(loaded, "plan")
-        print_plan(resolve(loaded, registry(), output), as_json)
+        print_plan(resolve(loaded, registry(), output, allow_pickle=allow_pickle), as_json)
 
     @cli.command()
     @click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False))
@@ -115,8 +126,11 @@ def build_cli(registry_factory: RegistryFactory = _default_registry) -> click.Gr
     @click.option("--log-format", type=click.Choice(["simple", "detailed", "json"]),
                   help="Log record format on stderr and in --log-file.")
     @click.option("--log-file", type=click.Path(dir_okay=False), help="Also append log records here.")
+    @click.option("--allow-pickle", is_flag=True, help=ALLOW_PICKLE_HELP)
+    @click.option("--allow-nonfinite", is_flag=True,
+                  help="Merge input tensors that hold NaN or Inf (refused by default).")
     def run(recipes, output, overrides, force, quiet, max_shard_size, executor, workers,
-            evaluate_only, log_level, log_format, log_file) -> None:
+            evaluate_only, log_level, log_format, log_file, allow_pickle, allow_nonfinite) -> None:
         """Merge each recipe; one JSON result line per recipe on stdout.
 
         All recipes are validated first; a failing recipe does not stop the others, and the exit
@@ -134,7 +148,8 @@ def build_cli(registry_factory: RegistryFactory = _default_registry) -> click.Gr
         if output and len(recipes) > 1:
             raise click.UsageError("-o/--output takes one recipe; set output: in each recipe instead")
         code = run_batch(recipes, registry(), output=output, overrides=overrides, force=force,
-                         quiet=quiet, max_shard_bytes=max_shard_size, report=_report, sweep=sweep)
+                         quiet=quiet, max_shard_bytes=max_shard_size, report=_report, sweep=sweep,
+                         allow_pickle=allow_pickle, allow_nonfinite=allow_nonfinite)
         if code:
             sys.exit(code)
 
@@ -210,11 +225,16 @@ def build_cli(registry_factory: RegistryFactory = _default_registry) -> click.Gr
     @click.option("--heads", type=click.Choice(["padded", "per_task"]),
                   help="Default: as the model was merged.")
     @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+    @click.option("--allow-pickle", is_flag=True, help=ALLOW_PICKLE_HELP)
     def eval_command(model, task_names, split, num_samples, batch_size, max_length, device, seed,
-                     heads, quiet) -> None:
+                     heads, quiet, allow_pickle) -> None:
         """Score a model folder per task; writes results.json beside it, prints it on stdout."""
         from prefkit.commands.evaluation import evaluate_and_report
         from prefkit.eval.evaluate import EvalSettings
+        from prefkit.io.checkpoint import refuse_pickle_only
+
+        if not allow_pickle and Path(model).is_dir():
+            refuse_pickle_only(Path(model))
 
         names = [t.strip() for t in task_names.split(",") if t.strip()] if task_names else None
         settings = EvalSettings(split, num_samples, batch_size, max_length, device, seed)
@@ -237,6 +257,11 @@ class _PrefkitGroup(click.Group):
                 raise
             _report(exc)
             ctx.exit(int(exc.exit_code))
+        except KeyboardInterrupt:  # the merge in progress has already removed its partial output
+            if ctx.params.get("traceback") or os.environ.get("PREFKIT_DEBUG") == "1":
+                raise
+            _echo_err("Error: interrupted; nothing half-written was left behind")
+            ctx.exit(int(ExitCode.INTERRUPTED))
 
 
 def _report(exc: PrefkitError) -> None:
@@ -249,4 +274,10 @@ def _report(exc: PrefkitError) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
+    import signal
+
+    # Past a file size limit (ulimit -f) the kernel would kill us silently; ignored, the write
+    # fails with EFBIG and the merge stops with one error and no partial output.
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     build_cli()(args=argv, prog_name="prefkit")

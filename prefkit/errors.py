@@ -12,6 +12,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2
     INVALID_RECIPE = 3
     PLUGIN = 4
+    INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT (128 + 2)
 
 
 class PrefkitError(Exception):

@@ -9,7 +9,6 @@ folder that is renamed into place only when complete, so a failure leaves nothin
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,13 @@ from prefkit.api import ScanItem
 from prefkit.errors import MergeError, OutputError, PrefkitError
 from prefkit.io.checkpoint import TensorMeta, TensorReader
 from prefkit.io.hub import TOKENIZER_FILES
+from prefkit.io.outdir import (
+    check_replaceable,
+    recover_interrupted,
+    replace_folder,
+    temp_sibling,
+    write_error,
+)
 from prefkit.io.writer import OutTensor, ShardWriter, plan_shards
 from prefkit.plan import Plan, TensorPlan, fingerprint
 from prefkit.progress import NullReporter, Reporter
@@ -51,8 +57,8 @@ class _Loader:
     then zeros); otherwise the base is not read at all.
     """
 
-    def __init__(self, uses_base: bool):
-        self.reader = TensorReader()
+    def __init__(self, uses_base: bool, allow_nonfinite: bool = False):
+        self.reader = TensorReader(check_finite=not allow_nonfinite)
         self.uses_base = uses_base
 
     def _read(self, meta: TensorMeta | None, plan: TensorPlan):
@@ -79,27 +85,35 @@ class _Loader:
 
 
 def execute(plan: Plan, *, reporter: Reporter | None = None, force: bool = False,
-            max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> RunResult:
-    """Run a Plan and write its output folder.
+            max_shard_bytes: int = DEFAULT_SHARD_BYTES, allow_nonfinite: bool = False) -> RunResult:
+    """Run a Plan and write its output folder. An input tensor holding NaN/Inf is an error unless
+    `allow_nonfinite`.
 
     Raises:
-        OutputError: the output exists and `force` is false.
+        OutputError: the output exists and `force` is false, or cannot be written (disk full).
         MergeError / CheckpointError: a method or an input failed; nothing is left behind.
     """
     reporter = reporter or NullReporter()
     out = plan.output
-    if out.exists() and not force:
-        raise OutputError(f"output {out} already exists", hint="pass --force to replace it, or -o")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.prefkit-tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    for note in recover_interrupted(out):
+        reporter.note(note)
+    if out.exists():
+        if not force:
+            raise OutputError(f"output {out} already exists", hint="pass --force to replace it, or -o")
+        check_replaceable(out)
+    tmp = temp_sibling(out)
     started = time.perf_counter()
     try:
-        total = _write_tensors(plan, tmp, reporter, max_shard_bytes)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        total = _write_tensors(plan, tmp, reporter, max_shard_bytes, allow_nonfinite)
         seconds = time.perf_counter() - started
         _write_side_files(plan, tmp, seconds)
-        _replace(tmp, out)
+        replace_folder(tmp, out)
+    except OSError as exc:  # reading errors are CheckpointErrors: this is the output side
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(out, exc) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -108,7 +122,8 @@ def execute(plan: Plan, *, reporter: Reporter | None = None, force: bool = False
     return RunResult(out, len(plan.tensors), total, seconds)
 
 
-def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes: int) -> int:
+def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes: int,
+                   allow_nonfinite: bool = False) -> int:
     outs = [OutTensor(p.name, p.out_dtype, p.shape) for p in plan.tensors]
     shards = plan_shards(outs, max_shard_bytes)
     writer = ShardWriter(folder, shards, {
@@ -117,8 +132,9 @@ def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes
     })
     method = plan.method.method
     uses_base = plan.base is not None and method.base == "required"
-    loader = _Loader(uses_base)
-    state = method.prepare(lambda: _scan(plan, _Loader(uses_base)), plan.shared_params)
+    loader = _Loader(uses_base, allow_nonfinite)
+    state = method.prepare(lambda: _scan(plan, _Loader(uses_base, allow_nonfinite)),
+                           plan.shared_params)
     total = sum(o.nbytes for o in outs)
     reporter.start(len(outs), total, f"{method.name} → {plan.output}")
     try:
@@ -241,17 +257,3 @@ def _write_task_heads(plan: Plan, folder: Path) -> None:
     finally:
         reader.close()
 
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Move the finished folder into place; an old output (with --force) goes only after."""
-    if out.exists():
-        old = out.parent / f".{out.name}.prefkit-old-{os.getpid()}"
-        out.rename(old)
-        try:
-            tmp.rename(out)
-        except BaseException:
-            old.rename(out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)

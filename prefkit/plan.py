@@ -8,6 +8,7 @@ headers and config files are read.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -20,6 +21,7 @@ from prefkit.api import Params, TensorInfo
 from prefkit.errors import CheckpointError, PrefkitError, RecipeError, RecipeErrors
 from prefkit.io.checkpoint import Checkpoint, TensorMeta
 from prefkit.io.hub import resolve_model
+from prefkit.io.outdir import location_problem
 from prefkit.recipe.loader import LoadedRecipe
 from prefkit.recipe.settings import evaluate, setting_problems
 from prefkit.registry import RegisteredMethod, Registry
@@ -71,10 +73,10 @@ class Plan:
     out_config: dict[str, Any] | None
     tokenizer_source: Path | None
     notes: tuple[str, ...]  # things the user should know (dropped tensors, padded heads)
+    train: Any = None  # trainer methods: the validated `train:` block (a TrainSettings)
 
     @property
     def head_tensors(self) -> list[str]:
-    train: Any = None  # trainer methods: the validated `train:` block (a TrainSettings)
         """Classifier tensors: padded ones, ones the base lacks, and those under a head module."""
         return [t.name for t in self.tensors if not t.copy and (
             t.padded or (self.base is not None and t.base is None)
@@ -99,9 +101,13 @@ def fingerprint(ckpt: Checkpoint) -> str:
     return h.hexdigest()[:16]
 
 
-def resolve(loaded: LoadedRecipe, registry: Registry, output: str | Path | None = None) -> Plan:
-    """Check a recipe against the registry and its checkpoints and return the Plan."""
-    return _Resolver(loaded, registry).run(output)
+def resolve(loaded: LoadedRecipe, registry: Registry, output: str | Path | None = None, *,
+            allow_pickle: bool = False) -> Plan:
+    """Check a recipe against the registry and its checkpoints and return the Plan.
+
+    `allow_pickle`: read (and fetch) pickle `.bin` checkpoints, with `weights_only=True`.
+    """
+    return _Resolver(loaded, registry, allow_pickle).run(output)
 
 
 def check(loaded: LoadedRecipe, registry: Registry) -> None:
@@ -122,8 +128,9 @@ def _leaf_adapter(params_cls: type, field: str) -> TypeAdapter:
 
 
 class _Resolver:
-    def __init__(self, loaded: LoadedRecipe, registry: Registry):
+    def __init__(self, loaded: LoadedRecipe, registry: Registry, allow_pickle: bool = False):
         self.loaded = loaded
+        self.allow_pickle = allow_pickle
         self.recipe = loaded.recipe
         self.registry = registry
         self.errors: list[PrefkitError] = []
@@ -131,6 +138,7 @@ class _Resolver:
         self.global_settings: dict[str, Any] = {}
         self.model_settings: list[dict[str, Any]] = []
         self._reported: set[tuple] = set()
+        self.train_settings = None
 
     def err(self, loc: tuple, message: str, hint: str | None = None, cls=RecipeError) -> None:
         self.errors.append(self.loaded.error(loc, message, hint, cls))
@@ -139,7 +147,6 @@ class _Resolver:
         if len(self.errors) == 1:
             raise self.errors[0]
         if self.errors:
-        self.train_settings = None
             raise RecipeErrors(self.errors)
 
     # -- checks that need no files ---------------------------------------------------------
@@ -170,15 +177,27 @@ class _Resolver:
                              "preference sets each model's weight (m·p_i/Σp); drop one of them")
         self._check_required(method)
         self._check_tasks()
+        self.train_settings = self._train_settings(method)
         if method.base == "required" and not self.recipe.base_model:
             self.err(("merge_method",), f"method {method.name!r} needs base_model",
                      "add base_model: the pretrained model the others were tuned from")
+        self._check_duplicates()
         if self.recipe.tokenizer_source == "union":
-            self.err(("tokenizer_source",), "tokenizer_source: union is not supported",
+            self.err(("tokenizer_source",), "union is not supported",
                      "use base (default) or a model path")
 
+    def _check_duplicates(self) -> None:
+        """Each model once: a repeated entry would silently count one task twice."""
+        seen: dict[str, int] = {}
+        for i, entry in enumerate(self.recipe.models):
+            key = os.path.normpath(entry.model)
+            if key in seen:
+                self.err(("models", i, "model"), f"{entry.model} is listed twice (also "
+                         f"models[{seen[key]}])", "list each model once; weigh it with "
+                         "preference or weight")
+            seen.setdefault(key, i)
+
     def _check_required(self, method) -> None:
-        self.train_settings = self._train_settings(method)
         """A per-model parameter without default must be set for every model (or by preference)."""
         for field, info in method.ModelParams.model_fields.items():
             name = info.alias or field
@@ -209,26 +228,6 @@ class _Resolver:
             except RecipeError as exc:
                 self.err(loc, exc.message, exc.hint, type(exc))
 
-    def _base_listed(self) -> bool:
-        return any(m.model == self.recipe.base_model for m in self.recipe.models)
-
-    def _settings(self, raw: dict | None, loc: tuple, top_level: bool) -> dict[str, Any]:
-        """Canonical parameter names → settings, with problems recorded at their location."""
-        method = self.method.method
-        out: dict[str, Any] = {}
-        for key, setting in (raw or {}).items():
-            name = method.param_aliases.get(key, key)
-            owner = _owner(method, name)
-            if owner is None:
-                known = sorted({*_aliases(method.Params), *_aliases(method.ModelParams)})
-                self.err((*loc, key), f"unknown parameter for method {method.name!r}",
-                         f"known: {', '.join(known) or 'none'}")
-                continue
-            if not top_level and owner is method.Params:
-                self.err((*loc, key), "is shared by all models; set it under the top-level "
-                         "parameters:")
-                continue
-            if name in out:
     def _train_settings(self, method):
         """Trainer methods: the `train:` block against the method's Settings; every model needs a
         registered (or inline) task. Other methods: no `train:` block."""
@@ -262,6 +261,26 @@ class _Resolver:
             self.err(("train", "epochs"), "steps and epochs both given", "keep one of them")
         return settings
 
+    def _base_listed(self) -> bool:
+        return any(m.model == self.recipe.base_model for m in self.recipe.models)
+
+    def _settings(self, raw: dict | None, loc: tuple, top_level: bool) -> dict[str, Any]:
+        """Canonical parameter names → settings, with problems recorded at their location."""
+        method = self.method.method
+        out: dict[str, Any] = {}
+        for key, setting in (raw or {}).items():
+            name = method.param_aliases.get(key, key)
+            owner = _owner(method, name)
+            if owner is None:
+                known = sorted({*_aliases(method.Params), *_aliases(method.ModelParams)})
+                self.err((*loc, key), f"unknown parameter for method {method.name!r}",
+                         f"known: {', '.join(known) or 'none'}")
+                continue
+            if not top_level and owner is method.Params:
+                self.err((*loc, key), "is shared by all models; set it under the top-level "
+                         "parameters:")
+                continue
+            if name in out:
                 self.err((*loc, key), f"given twice (as {key!r} and its other name)")
                 continue
             field = _field_name(owner, name)
@@ -295,11 +314,15 @@ class _Resolver:
         notes += tensor_notes
         self.raise_errors()
         shared = self._shared(TensorInfo("", None, 0.0, ()))
+        output = Path(output or self.recipe.output or Path("runs") / self.loaded.path.stem)
+        problem = location_problem(output, {m.label: m.path for m in (base, *inputs) if m},
+                                   self.loaded.path)
+        if problem:
+            self.err(("output",), problem, "choose another output folder with output: or -o")
         self.raise_errors()
         return Plan(
             loaded=self.loaded, method=self.method, base=base, inputs=tuple(inputs),
-            tensors=tuple(tensors), shared_params=shared,
-            output=Path(output or self.recipe.output or Path("runs") / self.loaded.path.stem),
+            tensors=tuple(tensors), shared_params=shared, output=output,
             out_config=_out_config(base, inputs, tensors),
             tokenizer_source=self._tokenizer_source(base, inputs, recipe_dir),
             notes=tuple(notes), train=self.train_settings,
@@ -308,8 +331,8 @@ class _Resolver:
     def _open(self, ref: str, loc: tuple, task: str | None, recipe_dir: Path,
               labels: list[str] | None = None) -> ModelInput | None:
         try:
-            path = resolve_model(ref, recipe_dir)
-            return ModelInput(ref, path, task, Checkpoint.open(path),
+            path = resolve_model(ref, recipe_dir, self.allow_pickle)
+            return ModelInput(ref, path, task, Checkpoint.open(path, allow_pickle=self.allow_pickle),
                               tuple(labels) if labels else None)
         except CheckpointError as exc:
             self.err(loc, exc.message, exc.hint)
@@ -323,7 +346,7 @@ class _Resolver:
             if model.label == source:
                 return model.path
         try:
-            return resolve_model(source, recipe_dir)
+            return resolve_model(source, recipe_dir, self.allow_pickle)
         except CheckpointError as exc:
             raise self.loaded.error(("tokenizer_source",), exc.message, exc.hint) from exc
 
@@ -364,11 +387,19 @@ class _Resolver:
                               tuple(metas), present[0], info, None, (), copy=True)
         if missing:
             have = [m.label for m, meta in zip(inputs, metas) if meta is not None]
+            where = next(m.path for m, meta in zip(inputs, metas) if meta is None)
             self.errors.append(CheckpointError(
-                f"tensor {name!r} is in {', '.join(have)} but missing from {', '.join(missing)}",
-                hint="all models must share one architecture"))
+                f"{where}: tensor {name!r} is in {', '.join(have)} but missing from "
+                f"{', '.join(missing)}", hint="all models must share one architecture"))
             return None
         base_meta = _base_tensor(base, name, inputs[0]) if base is not None else None
+        odd = [meta for meta in (*metas, base_meta) if meta is not None
+               and (meta.dtype in FLOAT_DTYPES) != (metas[0].dtype in FLOAT_DTYPES)]
+        if odd:  # a float tensor cannot be merged with an integer one
+            self.errors.append(CheckpointError(
+                f"{odd[0].file}: tensor {name!r} is {odd[0].dtype} here but {metas[0].dtype} in "
+                f"{inputs[0].label}", hint="the checkpoints do not share one architecture"))
+            return None
         shape = self._shape(name, base, base_meta, inputs, metas)
         if shape is None:
             return None
@@ -403,8 +434,10 @@ class _Resolver:
         described = [f"{list(meta.shape)} in {m.label}" for m, meta in zip(inputs, metas)]
         if base_meta is not None:
             described.append(f"{list(base_meta.shape)} in base {base.label}")
+        first = next(meta for meta in (*metas, base_meta)
+                     if meta is not None and meta.shape != metas[0].shape)
         self.errors.append(CheckpointError(
-            f"tensor {name!r} has different shapes: {'; '.join(described)}",
+            f"{first.file}: tensor {name!r} has different shapes: {'; '.join(described)}",
             hint="only classification heads (differing label counts) can be padded"))
         return None
 

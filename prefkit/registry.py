@@ -1,5 +1,9 @@
 """Plugin discovery: pluggy loads the `prefkit` entry points once; a dict dispatches by name.
 
+Code reaches prefkit only from installed entry points and, for one-off experiments, from the
+`*.py` files of an explicit `--plugins-dir` (`load_plugins_dir` + `add_plugins`). Recipes name
+registered methods and tasks, never import paths.
+
 Environment:
     PREFKIT_LOAD_PLUGINS: comma-separated entry-point names to load (unset: all; "": none).
     PREFKIT_DISABLE_PLUGINS: comma-separated entry-point names to skip.
@@ -9,8 +13,10 @@ from __future__ import annotations
 
 import difflib
 import importlib.metadata
+import importlib.util
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -107,11 +113,7 @@ def load_registry(
             distributions[ep.name] = f"{dist.name} {dist.version}" if dist else ""
     for name, plugin in (plugins or {}).items():
         _register_plugin(pm, name, plugin)
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(str(exc), plugin=exc.plugin_name if hasattr(exc, "plugin_name") else "",
-                          hint="rename the function to a hook in prefkit.hookspecs") from exc
+    _check_pending(pm)
     for impl in pm.hook.prefkit_register_methods.get_hookimpls():
         _call_register(registry, impl, distributions.get(impl.plugin_name, ""))
     for impl in pm.hook.prefkit_register_tasks.get_hookimpls():
@@ -173,3 +175,40 @@ def _call_register(registry: Registry, impl: pluggy.HookImpl, distribution: str)
             registry.aliases[alias] = method.name
 
     impl.function(register=register)
+
+def _check_pending(pm: pluggy.PluginManager) -> None:
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(str(exc), plugin=exc.plugin_name if hasattr(exc, "plugin_name") else "",
+                          hint="rename the function to a hook in prefkit.hookspecs") from exc
+
+
+def load_plugins_dir(folder: str | Path) -> dict[str, ModuleType]:
+    """Import every `*.py` file of `folder` as a plugin module named after the file
+    (datasette's `--plugins-dir`). A file that fails to import is a PluginError naming it."""
+    plugins: dict[str, ModuleType] = {}
+    for file in sorted(Path(folder).glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"prefkit_plugins_dir.{file.stem}", file)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise PluginError(f"{file}: the plugin failed to import ({type(exc).__name__}: {exc})",
+                              plugin=file.stem, hint="fix the file or remove it from --plugins-dir"
+                              ) from exc
+        plugins[file.stem] = module
+    return plugins
+
+
+def add_plugins(registry: Registry, plugins: dict[str, ModuleType | object]) -> None:
+    """Register more plugin objects into a loaded registry (their hooks only are called)."""
+    for name, plugin in plugins.items():
+        _register_plugin(registry.pm, name, plugin)
+    _check_pending(registry.pm)
+    for impl in registry.pm.hook.prefkit_register_methods.get_hookimpls():
+        if impl.plugin_name in plugins:
+            _call_register(registry, impl, "")
+    for impl in registry.pm.hook.prefkit_register_tasks.get_hookimpls():
+        if impl.plugin_name in plugins:
+            _call_register_tasks(registry, impl, "")

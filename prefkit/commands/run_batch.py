@@ -14,7 +14,8 @@ from prefkit.executor import DEFAULT_SHARD_BYTES
 
 
 def run_batch(recipes, registry, *, output, overrides, force, quiet, max_shard_bytes,
-              report: Callable[[PrefkitError], None], sweep=None) -> int:
+              report: Callable[[PrefkitError], None], sweep=None, allow_pickle: bool = False,
+              allow_nonfinite: bool = False) -> int:
     """Run recipes; print one JSON line per recipe on stdout; return the worst exit code.
     A sweep recipe (preferences:/methods:) runs all its points, with `sweep` (SweepOptions)."""
     from prefkit.commands.sweep_run import check_recipe, run_sweep_recipe
@@ -40,7 +41,8 @@ def run_batch(recipes, registry, *, output, overrides, force, quiet, max_shard_b
                                             quiet=quiet, options=sweep)
                 else:
                     line = run_recipe(loaded, registry, output=output, force=force, quiet=quiet,
-                                      max_shard_bytes=max_shard_bytes)
+                                      max_shard_bytes=max_shard_bytes, allow_pickle=allow_pickle,
+                                      allow_nonfinite=allow_nonfinite)
                 click.echo(json.dumps({"recipe": path, **line}))
                 continue
             except PrefkitError as exc:
@@ -53,8 +55,11 @@ def run_batch(recipes, registry, *, output, overrides, force, quiet, max_shard_b
 
 
 def run_recipe(loaded, registry, *, output: str | Path | None = None, force: bool = False,
-               quiet: bool = False, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> dict[str, Any]:
+               quiet: bool = False, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+               allow_pickle: bool = False, allow_nonfinite: bool = False) -> dict[str, Any]:
     """Run one loaded recipe, whatever its method's kind, then its `evaluate:` step.
+
+    `allow_pickle` reads pickle checkpoints (weights_only); `allow_nonfinite` merges NaN/Inf inputs.
 
     Returns the result line (status, output, method, tensors, bytes, seconds and, with
     `evaluate:`, per-task results). Raises PrefkitError; nothing is left half written.
@@ -63,11 +68,12 @@ def run_recipe(loaded, registry, *, output: str | Path | None = None, force: boo
     from prefkit.plan import resolve
     from prefkit.progress import NullReporter, RichReporter
 
-    plan = resolve(loaded, registry, output)
+    plan = resolve(loaded, registry, output, allow_pickle=allow_pickle)
     reporter = NullReporter() if quiet else RichReporter()
     for note in plan.notes:
         reporter.note(note)
-    result = execute(plan, reporter=reporter, force=force, max_shard_bytes=max_shard_bytes)
+    result = execute(plan, reporter=reporter, force=force, max_shard_bytes=max_shard_bytes,
+                     allow_nonfinite=allow_nonfinite)
     line = {"status": "ok", "output": str(result.output), "method": plan.method.method.name,
             "tensors": result.tensors, "bytes": result.bytes_written,
             "seconds": round(result.seconds, 3)}

@@ -37,11 +37,11 @@ def is_hub_id(ref: str) -> bool:
     return bool(_HUB_ID.match(ref)) and not ref.startswith((".", "/", "~"))
 
 
-def fetch_model(ref: str) -> Path:
+def fetch_model(ref: str, allow_pickle: bool = False) -> Path:
     """Download (or find in the cache) the weights, config and tokenizer of a hub model.
 
-    Safetensors weights are preferred; a repo with only `pytorch_model*.bin` gets those. With
-    `HF_HUB_OFFLINE=1` only the local cache is used.
+    Only safetensors weights are fetched, unless `allow_pickle` lets a repo with only
+    `pytorch_model*.bin` give those. With `HF_HUB_OFFLINE=1` only the local cache is used.
     """
     from huggingface_hub import HfApi, snapshot_download
 
@@ -51,8 +51,9 @@ def fetch_model(ref: str) -> Path:
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     cache_dir = os.environ.get("HF_HUB_CACHE") or None
     try:
-        weights = ["*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
-                   "pytorch_model.bin.index.json"]
+        weights = ["*.safetensors", "model.safetensors.index.json"]
+        if allow_pickle:  # pickle files can run code when loaded: only when the user says so
+            weights += ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
         if not offline:
             try:
                 files = HfApi().list_repo_files(repo_id, revision=revision)
@@ -72,7 +73,8 @@ def fetch_model(ref: str) -> Path:
                               "download it first into the HF cache (`prefkit fetch` or `hf download`)"
                               ) from exc
     if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
-        raise CheckpointError(f"model {ref!r}: the hub repo has no safetensors or .bin weights")
+        raise CheckpointError(f"model {ref!r}: the hub repo has no safetensors weights"
+                              + ("" if allow_pickle else " (pass --allow-pickle to fetch .bin ones)"))
     return path
 
 
@@ -88,13 +90,13 @@ def _why(exc: Exception) -> str:
     return f"could not be fetched from the Hugging Face hub ({name}{': ' + text if text else ''})"
 
 
-def resolve_model(ref: str, recipe_dir: Path) -> Path:
+def resolve_model(ref: str, recipe_dir: Path, allow_pickle: bool = False) -> Path:
     """Turn a recipe's `model:` string into a local checkpoint folder."""
     local = resolve_local(ref, recipe_dir)
     if local is not None:
         return local
     if is_hub_id(ref) and not _looks_local(ref, recipe_dir):
-        return fetch_model(ref)
+        return fetch_model(ref, allow_pickle)
     raise CheckpointError(
         f"model {ref!r}: no such folder (looked in {recipe_dir} and {Path.cwd()})",
         hint="give a checkpoint folder or a hub id such as org/name",

@@ -5,18 +5,15 @@ ever held in memory."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-TORCH_TO_SAFETENSORS = {
-    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
-    "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
-    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
-}
-ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4,
-            "int16": 2, "int8": 1, "uint8": 1, "bool": 1, "float8_e4m3fn": 1, "float8_e5m2": 1}
+from prefkit.io.checkpoint import ITEMSIZE, SAFETENSORS_DTYPES
+
+TORCH_TO_SAFETENSORS = {torch_name: st for st, torch_name in SAFETENSORS_DTYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -53,7 +50,11 @@ def shard_names(count: int) -> list[str]:
 
 
 class ShardWriter:
-    """Writes the planned shards into `folder`; tensors must arrive in plan order."""
+    """Writes the planned shards into `folder`; tensors must arrive in plan order.
+
+    An OSError (disk full, file size limit) names the shard it was writing; the caller removes
+    the folder.
+    """
 
     def __init__(self, folder: Path, shards: list[list[OutTensor]], metadata: dict[str, str]):
         self.folder = folder
@@ -66,6 +67,10 @@ class ShardWriter:
         self._shard = -1
 
     def _open(self, index: int) -> None:
+        with _naming(self.folder / self.names[index]):
+            self._open_shard(index)
+
+    def _open_shard(self, index: int) -> None:
         if self._file is not None:
             self._file.close()
         header: dict[str, object] = {"__metadata__": dict(self.metadata)}
@@ -94,7 +99,8 @@ class ShardWriter:
             self._open(shard)
         data = tensor.detach().contiguous().cpu().reshape(-1)
         if data.numel():
-            self._file.write(memoryview(data.view(torch.uint8).numpy()))
+            with _naming(self.folder / self.names[shard]):
+                self._file.write(memoryview(data.view(torch.uint8).numpy()))
         self._next += 1
 
     def close(self) -> None:
@@ -104,7 +110,8 @@ class ShardWriter:
             self.abort()
             raise ValueError(f"writer closed before tensor {missing!r} was written")
         if self._file is not None:
-            self._file.close()
+            with _naming(self.folder / self.names[self._shard]):
+                self._file.close()  # flushes: a full disk may show only now
             self._file = None
         if len(self.shards) > 1:
             index = {
@@ -117,5 +124,19 @@ class ShardWriter:
 
     def abort(self) -> None:
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:  # the write that failed already says why
+                pass
             self._file = None
+
+
+@contextmanager
+def _naming(path: Path):
+    """Attach the file name to an OSError raised by a write (write() errors carry none)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from prefkit.errors import RecipeError, RecipeErrors
 from prefkit.recipe.schema import UNSUPPORTED_MERGEKIT_KEYS, Recipe
@@ -55,42 +57,106 @@ def dotted(loc: tuple) -> str:
     return out
 
 
-def _walk(node: yaml.Node, loader: yaml.SafeLoader, path: tuple, marks: Marks, where: str) -> Any:
-    marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-    if isinstance(node, yaml.MappingNode):
+# Limits that keep a hostile recipe from exhausting memory or the stack: YAML aliases can expand
+# a few lines into billions of values ("billion laughs") or refer to themselves.
+MAX_NODES = 100_000
+MAX_DEPTH = 64
+_COLLECTION_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
+
+
+class _Walk:
+    """Turns a composed YAML node tree into plain data, recording where each key path starts."""
+
+    def __init__(self, loader: yaml.SafeLoader, where: str):
+        self.loader = loader
+        self.where = where
+        self.marks: Marks = {}
+        self.nodes = 0
+        self.active: set[int] = set()  # the collections being walked, to catch alias cycles
+
+    def fail(self, node: yaml.Node, path: tuple, message: str, hint: str | None = None):
+        mark = node.start_mark
+        return RecipeError(message, where=f"{self.where}:{mark.line + 1}:{mark.column + 1}",
+                           field=dotted(path), hint=hint)
+
+    def value(self, node: yaml.Node, path: tuple) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise self.fail(node, path, f"the recipe expands to more than {MAX_NODES} values",
+                            "YAML aliases may not multiply its size")
+        if len(path) > MAX_DEPTH:
+            raise self.fail(node, path, f"nested more than {MAX_DEPTH} levels deep")
+        self.marks.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+        if isinstance(node, yaml.ScalarNode):
+            return self.construct(node, path)
+        if node.tag not in _COLLECTION_TAGS:
+            raise self.fail(node, path, f"unsupported YAML tag {node.tag!r}",
+                            "recipes hold plain mappings, lists and values only")
+        if id(node) in self.active:
+            raise self.fail(node, path, "a YAML alias refers to itself")
+        self.active.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                return [self.value(v, (*path, i)) for i, v in enumerate(node.value)]
+            return self.mapping(node, path)
+        finally:
+            self.active.discard(id(node))
+
+    def mapping(self, node: yaml.MappingNode, path: tuple) -> dict:
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise self.fail(key_node, path, "a key must be a plain value, not a list or mapping")
+            key = self.construct(key_node, path)
+            if not isinstance(key, str):  # e.g. `1:` or `on:` (YAML 1.1 reads it as true)
+                raise self.fail(key_node, path, f"key {key_node.value!r} must be text",
+                                f'quote it: "{key_node.value}":')
             if key in out:
-                line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
-                raise RecipeError(
-                    f"duplicate key {key!r}", where=f"{where}:{line}:{col}",
-                    field=dotted((*path, key)), hint="each key may appear once",
-                )
-            out[key] = _walk(value_node, loader, (*path, key), marks, where)
-            marks[(*path, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                raise self.fail(key_node, (*path, key), f"duplicate key {key!r}",
+                                "each key may appear once")
+            self.marks[(*path, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            out[key] = self.value(value_node, (*path, key))
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_walk(v, loader, (*path, i), marks, where) for i, v in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+
+    def construct(self, node: yaml.ScalarNode, path: tuple) -> Any:
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.MarkedYAMLError:
+            raise
+        except (ValueError, TypeError, OverflowError) as exc:  # e.g. a date such as 2024-13-45
+            raise self.fail(node, path, f"invalid value {node.value!r}: {exc}") from exc
 
 
 def parse_yaml(text: str, where: str) -> tuple[Any, Marks]:
-    """Parse one YAML document into plain data and a map of key paths to positions."""
+    """Parse one YAML document into plain data and a map of key paths to positions.
+
+    Only the safe subset is accepted: no Python (or other) tags on collections, no alias that
+    refers to itself, a bounded size and depth.
+    """
     loader = yaml.SafeLoader(text)
+    walk = _Walk(loader, where)
     try:
         node = loader.get_single_node()
-        marks: Marks = {}
-        data = {} if node is None else _walk(node, loader, (), marks, where)
+        data = {} if node is None else walk.value(node, ())
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        pos = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
-        raise RecipeError(f"invalid YAML: {exc.problem or exc}", where=pos) from exc
+        raise _yaml_error(exc, where) from exc
     except yaml.YAMLError as exc:
         raise RecipeError(f"invalid YAML: {exc}", where=where) from exc
+    except RecursionError as exc:  # PyYAML composes nested collections recursively
+        raise RecipeError("invalid YAML: nested too deeply", where=where) from exc
     finally:
         loader.dispose()
-    return data, marks
+    return data, walk.marks
+
+
+def _yaml_error(exc: yaml.MarkedYAMLError, where: str) -> RecipeError:
+    """`file:line:col: invalid YAML: problem (context at line:col)` from PyYAML's marks."""
+    mark = exc.problem_mark or exc.context_mark
+    pos = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
+    message = (exc.problem or str(exc)).removeprefix("but ")
+    if exc.context and exc.context_mark is not None and exc.context_mark is not mark:
+        message += f" ({exc.context} at {exc.context_mark.line + 1}:{exc.context_mark.column + 1})"
+    return RecipeError(f"invalid YAML: {message}", where=pos)
 
 
 def apply_override(data: dict, marks: Marks, assignment: str) -> tuple:
@@ -99,10 +165,7 @@ def apply_override(data: dict, marks: Marks, assignment: str) -> tuple:
         raise RecipeError(f"--set {assignment!r}: expected KEY=VALUE, e.g. parameters.density=0.3")
     key, raw = assignment.split("=", 1)
     parts: list[Any] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"--set {key}: value {raw!r} is not valid YAML") from exc
+    value, _ = parse_yaml(raw, f"--set {key}")  # the same safe subset as recipe files
     target: Any = data
     for i, part in enumerate(parts[:-1]):
         if isinstance(target, dict):
@@ -130,16 +193,13 @@ def load_recipe(path: str | Path, overrides: tuple[str, ...] = ()) -> LoadedReci
         RecipeError / RecipeErrors: with `file:line:col: field: message` for each problem.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise RecipeError(f"recipe file not found: {path}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"cannot read recipe {path}: {exc}") from exc
-    data, marks = parse_yaml(text, str(path))
+    data, marks = parse_yaml(_read_text(path), str(path))
     if not isinstance(data, dict):
         raise RecipeError("a recipe must be a YAML mapping (merge_method:, models:, ...)",
                           where=f"{path}:1:1")
+    if not data and not overrides:
+        raise RecipeError("the recipe is empty", where=str(path),
+                          hint="a recipe needs at least merge_method: and models:")
     overridden = {apply_override(data, marks, a): a for a in overrides}
     probe = LoadedRecipe(path, Recipe.model_construct(), data, marks, overridden)
     errors = [
@@ -158,16 +218,35 @@ def load_recipe(path: str | Path, overrides: tuple[str, ...] = ()) -> LoadedReci
     return LoadedRecipe(path, recipe, data, marks, overridden)
 
 
+def _read_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise RecipeError("recipe file not found", where=str(path)) from exc
+    except OSError as exc:
+        raise RecipeError(f"cannot read the recipe ({exc.strerror})", where=str(path)) from exc
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise RecipeError(f"not UTF-8 text (byte 0x{raw[exc.start]:02x})", where=f"{path}:{line}:{col}",
+                          hint="save the recipe as UTF-8") from exc
+
+
 def _from_pydantic(probe: LoadedRecipe, err: dict) -> RecipeError:
     # pydantic puts union branch names (e.g. 'float', 'list[...]') into loc; keep real keys only.
     loc = tuple(p for p in err["loc"] if isinstance(p, int) or not _is_type_tag(p))
     message = err["msg"]
     if err["type"] == "extra_forbidden":
         message = "unknown key"
-        hint = "check the spelling; `prefkit validate --help` lists the recipe keys"
+        hint = _known_keys_hint(loc)
     elif err["type"] == "missing":
         message = "required key is missing"
         hint = None
+    elif err["type"] in ("model_type", "dict_type"):
+        message = f"expected a mapping (key: value), not {_yaml_type(err['input'])}"
+        hint = "write a model entry as `- model: path`" if loc[:1] == ("models",) else None
     else:
         message = message.removeprefix("Value error, ")
         hint = None
@@ -176,3 +255,34 @@ def _from_pydantic(probe: LoadedRecipe, err: dict) -> RecipeError:
 
 def _is_type_tag(part: str) -> bool:
     return any(ch in part for ch in "[]()") or part in {"float", "int", "bool", "str"}
+
+
+def _yaml_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "a list"
+    return "nothing" if value is None else f"the value {value!r}"
+
+
+def _known_keys_hint(loc: tuple) -> str:
+    """`did you mean 'task'? allowed here: ...` for an unknown key at `loc`."""
+    model: Any = Recipe
+    for part in loc[:-1]:  # list indices and dict keys (e.g. a task's name) keep the model
+        field = model.model_fields.get(part) if model is not None else None
+        if field is not None:
+            model = _inner_model(field.annotation)
+    if model is None:
+        return "check the spelling"
+    allowed = sorted(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+    return (f"did you mean {close[0]!r}? " if close else "") + f"allowed here: {', '.join(allowed)}"
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside `X`, `X | None`, `list[X]` or `dict[str, X]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None

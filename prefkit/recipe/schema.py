@@ -4,6 +4,7 @@ against the method's own Params models, once the method is known (`prefkit.plan`
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -34,17 +35,34 @@ UNSUPPORTED_MERGEKIT_KEYS = {
 }
 
 
+# Task names become file names (heads/<task>.safetensors, cache keys): no paths, no "..".
+_TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _task_name(name: str) -> str:
+    if not _TASK_NAME.match(name):
+        raise ValueError(f"task name {name!r} may hold only letters, digits, '_', '.' and '-' "
+                         "(it names files)")
+    return name
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelEntry(_Strict):
-    model: str = Field(description="Local checkpoint directory or hub id (`org/name[@revision]`).")
+    model: str = Field(min_length=1,
+                       description="Local checkpoint directory or hub id (`org/name[@revision]`).")
     parameters: dict[str, Any] | None = Field(None, description="Per-model method parameters.")
     task: str | None = Field(None, description="prefkit: the task this model was fine-tuned for.")
     labels: list[str] | None = Field(
         None, description="prefkit: the task's label names in this model's output order "
         "(when its config.json only says LABEL_0..k).")
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str | None) -> str | None:
+        return None if value is None else _task_name(value)
 
 
 class EvaluateSpec(_Strict):
@@ -57,6 +75,11 @@ class EvaluateSpec(_Strict):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     seed: int = 0
     tasks: list[str] | None = Field(None, description="Default: the models' tasks.")
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [_task_name(v) for v in value]
 
 
 class InlineTask(_Strict):
@@ -113,6 +136,20 @@ class Recipe(_Strict):
     logging: LoggingSpec | None = Field(None, description="prefkit sweep: log level, format, file.")
 
     _dtypes = field_validator("dtype", "out_dtype")(_dtype)
+
+    @field_validator("tasks")
+    @classmethod
+    def _inline_task_names(cls, value: dict | None) -> dict | None:
+        for name in value or {}:
+            _task_name(name)
+        return value
+
+    @field_validator("preference", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: Any) -> Any:
+        if isinstance(value, list) and any(isinstance(p, bool) for p in value):
+            raise ValueError("preference entries must be numbers, not true/false")
+        return value
 
     @model_validator(mode="wrap")
     @classmethod

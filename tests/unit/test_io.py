@@ -9,9 +9,12 @@ import torch
 from safetensors import safe_open
 
 from prefkit.errors import CheckpointError
+from prefkit.executor import execute
 from prefkit.io.checkpoint import Checkpoint
 from prefkit.io.writer import OutTensor, ShardWriter, plan_shards
-from tests.helpers import load_tensors, merge
+from prefkit.plan import resolve
+from prefkit.recipe import load_recipe
+from tests.helpers import load_tensors, merge, write_recipe
 
 
 def test_writer_round_trip_all_dtypes(tmp_path):
@@ -82,8 +85,10 @@ def test_pytorch_bin_checkpoints_are_read(tmp_path, workdir, registry):
     tensors = load_tensors(workdir / "zoo" / "imdb")
     torch.save(tensors, ckpt / "pytorch_model.bin")
     (ckpt / "config.json").write_text((workdir / "zoo" / "imdb" / "config.json").read_text())
-    out = merge(workdir, "merge_method: linear\nmodels:\n  - model: bin_model\n"
-                "  - model: zoo/imdb\nparameters: {weight: 1}\n", registry)
+    recipe = write_recipe(workdir, "merge_method: linear\nmodels:\n  - model: bin_model\n"
+                          "  - model: zoo/imdb\nparameters: {weight: 1}\n")
+    execute(resolve(load_recipe(recipe), registry, workdir / "out", allow_pickle=True))
+    out = load_tensors(workdir / "out")
     for name, t in tensors.items():
         torch.testing.assert_close(out[name], t, atol=0, rtol=0)
 
