@@ -61,12 +61,18 @@ def build_cli(registry_factory: RegistryFactory = _default_registry) -> click.Gr
     @click.option("--traceback", is_flag=True, help="Show the full traceback of errors.")
     @click.option("--plugins-dir", type=click.Path(exists=True, file_okay=False),
                   help="Also load every *.py file in this folder as a plugin (one-off plugins).")
-    def cli(traceback: bool, plugins_dir: str | None) -> None:
+    @click.option("--offline", is_flag=True,
+                  help="Never reach the Hugging Face hub: use its cache only (HF_HUB_OFFLINE=1).")
+    def cli(traceback: bool, plugins_dir: str | None, offline: bool) -> None:
         """Merge fine-tuned models for a preference over tasks.
 
         Recipes are mergekit YAML plus prefkit's keys (task, preference, heads, output).
         """
         cache["plugins_dir"] = plugins_dir
+        if offline:
+            from prefkit.io.hub import offline_mode
+
+            click.get_current_context().with_resource(offline_mode())
 
     @cli.command()
     @click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False))
@@ -210,6 +216,30 @@ def build_cli(registry_factory: RegistryFactory = _default_registry) -> click.Gr
             table.add_row(row["name"], row["dataset"], ", ".join(row["labels"]), row["plugin"],
                           row["summary"])
         Console(width=160).print(table)
+
+    @cli.command()
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    def plugins(as_json: bool) -> None:
+        """List the plugins: distribution and version, the methods and tasks each provides, and
+        why any failed to load."""
+        from prefkit.commands.plugins_view import print_plugins
+
+        print_plugins(registry(), as_json)
+
+    @cli.command()
+    @click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False))
+    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")
+    @click.option("--no-datasets", is_flag=True, help="Models and adapters only.")
+    @click.option("--allow-pickle", is_flag=True, help=ALLOW_PICKLE_HELP)
+    def fetch(recipes, overrides, no_datasets, allow_pickle) -> None:
+        """Download every model, adapter and dataset the recipes need into the local caches
+        (with --offline: check that they are there). One JSON line per item on stdout."""
+        from prefkit.commands.fetch import fetch_recipes
+
+        code = fetch_recipes(recipes, registry(), overrides=overrides, datasets=not no_datasets,
+                             allow_pickle=allow_pickle, report=_report)
+        if code:
+            sys.exit(code)
 
     @cli.command("eval")
     @click.argument("model", type=click.Path(file_okay=False))

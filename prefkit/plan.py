@@ -21,6 +21,7 @@ from prefkit.api import Params, TensorInfo
 from prefkit.errors import CheckpointError, PrefkitError, RecipeError, RecipeErrors
 from prefkit.io.checkpoint import Checkpoint, TensorMeta
 from prefkit.io.hub import resolve_model
+from prefkit.io.lora import open_input
 from prefkit.io.outdir import location_problem
 from prefkit.recipe.loader import LoadedRecipe
 from prefkit.recipe.settings import evaluate, setting_problems
@@ -262,7 +263,7 @@ class _Resolver:
         return settings
 
     def _base_listed(self) -> bool:
-        return any(m.model == self.recipe.base_model for m in self.recipe.models)
+        return any(m.model == self.recipe.base_model and m.lora is None for m in self.recipe.models)
 
     def _settings(self, raw: dict | None, loc: tuple, top_level: bool) -> dict[str, Any]:
         """Canonical parameter names → settings, with problems recorded at their location."""
@@ -297,7 +298,7 @@ class _Resolver:
         base = None
         if self.recipe.base_model:
             base = self._open(self.recipe.base_model, ("base_model",), None, recipe_dir)
-        inputs = [self._open(m.model, ("models", i, "model"), m.task, recipe_dir, m.labels)
+        inputs = [self._open(m.model, ("models", i, "model"), m.task, recipe_dir, m.labels, m.lora)
                   for i, m in enumerate(self.recipe.models)]
         method = self.method.method
         notes = []
@@ -329,10 +330,11 @@ class _Resolver:
         )
 
     def _open(self, ref: str, loc: tuple, task: str | None, recipe_dir: Path,
-              labels: list[str] | None = None) -> ModelInput | None:
+              labels: list[str] | None = None, lora: str | None = None) -> ModelInput | None:
         try:
-            path = resolve_model(ref, recipe_dir, self.allow_pickle)
-            return ModelInput(ref, path, task, Checkpoint.open(path, allow_pickle=self.allow_pickle),
+            # a LoRA adapter (`base+adapter` or `lora:`) is applied in prefkit.io.lora
+            path, checkpoint = open_input(ref, recipe_dir, lora, allow_pickle=self.allow_pickle)
+            return ModelInput(ref if lora is None else f"{ref}+{lora}", path, task, checkpoint,
                               tuple(labels) if labels else None)
         except CheckpointError as exc:
             self.err(loc, exc.message, exc.hint)

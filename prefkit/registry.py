@@ -23,7 +23,13 @@ from typing import Any
 import pluggy
 
 from prefkit import hookspecs
-from prefkit.errors import DuplicateMethodError, PluginError, UnknownMethodError, UnknownTaskError
+from prefkit.errors import (
+    DuplicateMethodError,
+    PluginError,
+    PrefkitError,
+    UnknownMethodError,
+    UnknownTaskError,
+)
 
 ENTRY_POINT_GROUP = "prefkit"
 
@@ -51,6 +57,8 @@ class Registry:
     aliases: dict[str, str] = field(default_factory=dict)
     tasks: dict[str, RegisteredTask] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # plugin -> error line
+    # plugin -> "name version" of its installed distribution ("" for ad-hoc plugins)
+    distributions: dict[str, str] = field(default_factory=dict)
 
     def task(self, name: str) -> RegisteredTask:
         if name in self.tasks:
@@ -98,19 +106,19 @@ def load_registry(
     pm = pluggy.PluginManager("prefkit")
     pm.add_hookspecs(hookspecs)
     registry = Registry(pm=pm)
-    distributions: dict[str, str] = {}
+    distributions = registry.distributions
     if entry_points:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             if not _selected(ep.name) or pm.has_plugin(ep.name):
                 continue
+            dist = ep.dist
+            distributions[ep.name] = f"{dist.name} {dist.version}" if dist else ""
             try:
                 module = ep.load()
             except Exception as exc:  # a broken plugin must not break the others
                 registry.failed[ep.name] = f"{type(exc).__name__}: {exc}"
                 continue
             _register_plugin(pm, ep.name, module)
-            dist = ep.dist
-            distributions[ep.name] = f"{dist.name} {dist.version}" if dist else ""
     for name, plugin in (plugins or {}).items():
         _register_plugin(pm, name, plugin)
     _check_pending(pm)
@@ -136,7 +144,23 @@ def _call_register_tasks(registry: Registry, impl: pluggy.HookImpl, distribution
                               hint="uninstall one of them or block it with PREFKIT_DISABLE_PLUGINS")
         registry.tasks[task.name] = RegisteredTask(task, plugin, distribution)
 
-    impl.function(register=register)
+    _run_hook(registry, impl, register)
+
+
+def _run_hook(registry: Registry, impl: pluggy.HookImpl, register: Any) -> None:
+    """Call one plugin's registration hook. An unexpected exception inside it marks that plugin
+    as failed (what it registered is dropped) instead of breaking every other plugin; contract
+    errors (duplicate names, objects that are not methods) stay errors."""
+    try:
+        impl.function(register=register)
+    except PrefkitError:
+        raise
+    except Exception as exc:
+        plugin = impl.plugin_name
+        registry.failed[plugin] = f"{type(exc).__name__}: {exc}"
+        registry.methods = {n: r for n, r in registry.methods.items() if r.plugin != plugin}
+        registry.aliases = {a: n for a, n in registry.aliases.items() if n in registry.methods}
+        registry.tasks = {n: r for n, r in registry.tasks.items() if r.plugin != plugin}
 
 
 def _register_plugin(pm: pluggy.PluginManager, name: str, plugin: object) -> None:
@@ -174,7 +198,8 @@ def _call_register(registry: Registry, impl: pluggy.HookImpl, distribution: str)
         for alias in getattr(method, "aliases", ()):
             registry.aliases[alias] = method.name
 
-    impl.function(register=register)
+    _run_hook(registry, impl, register)
+
 
 def _check_pending(pm: pluggy.PluginManager) -> None:
     try:

@@ -1,10 +1,22 @@
-"""Model references: a local folder, or a hub id fetched into the standard Hugging Face cache."""
+"""Model references: a local folder, or a hub id fetched into the standard Hugging Face cache.
+
+A hub reference is `org/name` or `org/name@revision` (a branch, tag or commit hash; mergekit's
+syntax). Downloads go through `huggingface_hub.snapshot_download`, so they land in the usual cache
+(`HF_HUB_CACHE`, `HF_HOME`) and a later offline run finds them. Offline (`prefkit --offline` or
+`HF_HUB_OFFLINE=1`) only the cache is used; `prefkit fetch RECIPE` fills it ahead of time.
+`HF_ENDPOINT` points the client at a mirror.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from prefkit.errors import CheckpointError
 
@@ -12,8 +24,60 @@ TOKENIZER_FILES = [
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "vocab.json", "vocab.txt", "merges.txt", "*.model",
 ]
+WEIGHT_FILES = ["*.safetensors", "model.safetensors.index.json"]
+PICKLE_WEIGHT_FILES = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"]
+PICKLE_ADAPTER_FILES = ["adapter_model.bin"]
+Kind = Literal["model", "adapter", "dataset"]
 _FINAL_HUB_ERRORS = {"RepositoryNotFoundError", "RevisionNotFoundError", "GatedRepoError"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+_TRUE = ("1", "true", "yes", "on")
+_LIBRARY_FLAGS = ("huggingface_hub.constants", "datasets.config")  # modules with HF_HUB_OFFLINE
+
+
+@dataclass(frozen=True)
+class HubRef:
+    """`org/name[@revision]`, split."""
+
+    repo_id: str
+    revision: str | None = None
+
+    @classmethod
+    def parse(cls, ref: str) -> HubRef:
+        repo_id, _, revision = ref.partition("@")
+        return cls(repo_id, revision or None)
+
+    def __str__(self) -> str:
+        return f"{self.repo_id}@{self.revision}" if self.revision else self.repo_id
+
+
+def is_offline() -> bool:
+    """Read now, not at import: huggingface_hub reads `HF_HUB_OFFLINE` once, when imported."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE
+
+
+@contextlib.contextmanager
+def offline_mode() -> Iterator[None]:
+    """`HF_HUB_OFFLINE=1` for the duration, restored afterwards.
+
+    huggingface_hub and datasets read the variable once, when imported; if they already are
+    (prefkit used from Python, tests), their flags are switched too.
+    """
+    before = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    flags = [(module, module.HF_HUB_OFFLINE) for name in _LIBRARY_FLAGS
+             if hasattr(module := sys.modules.get(name), "HF_HUB_OFFLINE")]
+    for module, _ in flags:
+        module.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        for module, value in flags:
+            module.HF_HUB_OFFLINE = value
+        if before is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = before
 
 
 def resolve_local(ref: str, recipe_dir: Path) -> Path | None:
@@ -37,67 +101,114 @@ def is_hub_id(ref: str) -> bool:
     return bool(_HUB_ID.match(ref)) and not ref.startswith((".", "/", "~"))
 
 
-def fetch_model(ref: str, allow_pickle: bool = False) -> Path:
-    """Download (or find in the cache) the weights, config and tokenizer of a hub model.
+def cache_location() -> str:
+    """Where huggingface_hub keeps downloads (for messages)."""
+    from huggingface_hub import constants
 
-    Only safetensors weights are fetched, unless `allow_pickle` lets a repo with only
-    `pytorch_model*.bin` give those. With `HF_HUB_OFFLINE=1` only the local cache is used.
+    return os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
+
+
+def download(ref: str, kind: Kind = "model", *, offline: bool | None = None,
+             allow_pickle: bool = False) -> Path:
+    """Download a hub repository's files that prefkit needs (or find them in the cache).
+
+    A model gets its weights (safetensors; `pytorch_model*.bin` only with `allow_pickle` and when
+    the repo has no safetensors), config and tokenizer; an adapter its `adapter_config.json`,
+    weights and tokenizer; a dataset everything. Offline, only the cache is used.
+
+    Raises:
+        CheckpointError: naming the repository, revision and what is missing.
     """
     from huggingface_hub import HfApi, snapshot_download
 
-    repo_id, _, revision = ref.partition("@")
-    revision = revision or None
-    # read the environment now: huggingface_hub reads it once, at import
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    hub = HubRef.parse(ref)
+    offline = is_offline() if offline is None else offline
+    endpoint = os.environ.get("HF_ENDPOINT") or None
     cache_dir = os.environ.get("HF_HUB_CACHE") or None
+    pickles = {"model": PICKLE_WEIGHT_FILES, "adapter": PICKLE_ADAPTER_FILES, "dataset": []}[kind]
+    patterns: list[str] | None = {
+        "model": [*WEIGHT_FILES, "config.json", *TOKENIZER_FILES],
+        "adapter": [*ADAPTER_FILES, *TOKENIZER_FILES],
+        "dataset": None,
+    }[kind]
+    if allow_pickle and patterns is not None:
+        patterns += pickles
     try:
-        weights = ["*.safetensors", "model.safetensors.index.json"]
-        if allow_pickle:  # pickle files can run code when loaded: only when the user says so
-            weights += ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
-        if not offline:
+        if kind == "model" and not offline:
             try:
-                files = HfApi().list_repo_files(repo_id, revision=revision)
+                files = HfApi(endpoint=endpoint).list_repo_files(hub.repo_id, revision=hub.revision)
                 if any(f.endswith(".safetensors") for f in files):  # never download both
-                    weights = weights[:2]
+                    patterns = [p for p in patterns if p not in pickles]
             except Exception as exc:
                 if type(exc).__name__ in _FINAL_HUB_ERRORS:
                     raise
                 offline = True  # unreachable: fall back to the cache
         path = Path(snapshot_download(
-            repo_id, revision=revision, local_files_only=offline, cache_dir=cache_dir,
-            allow_patterns=[*weights, "config.json", *TOKENIZER_FILES],
+            hub.repo_id, repo_type=None if kind != "dataset" else "dataset",
+            revision=hub.revision, local_files_only=offline, cache_dir=cache_dir,
+            endpoint=endpoint, allow_patterns=patterns,
         ))
     except Exception as exc:
-        raise CheckpointError(f"model {ref!r} is not a local folder and {_why(exc)}",
-                              hint="check the path or hub id; offline, set HF_HUB_OFFLINE=1 and "
-                              "download it first into the HF cache (`prefkit fetch` or `hf download`)"
-                              ) from exc
-    if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
-        raise CheckpointError(f"model {ref!r}: the hub repo has no safetensors weights"
-                              + ("" if allow_pickle else " (pass --allow-pickle to fetch .bin ones)"))
+        raise CheckpointError(f"{kind} {ref!r} is not a local folder and {_why(exc, hub)}",
+                              hint=_hint(exc)) from exc
     return path
 
 
-def _why(exc: Exception) -> str:
+def _why(exc: Exception, hub: HubRef) -> str:
     name = type(exc).__name__
     if name == "RepositoryNotFoundError":
-        return "no such repository on the Hugging Face hub (or it is private and you are not logged in)"
+        return (f"the Hugging Face hub has no repository {hub.repo_id!r} (or it is private and "
+                "you are not logged in)")
     if name == "RevisionNotFoundError":
-        return "the hub repository has no such revision"
+        return f"the hub repository {hub.repo_id!r} has no revision {hub.revision!r}"
+    if name == "GatedRepoError":
+        return f"the hub repository {hub.repo_id!r} is gated (accept its terms on the hub)"
     if name in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):
-        return "it is not in the Hugging Face cache, and the hub is offline or unreachable"
+        what = f"revision {hub.revision!r} of {hub.repo_id!r}" if hub.revision else repr(hub.repo_id)
+        return (f"it is not in the Hugging Face cache, and the hub is offline or unreachable "
+                f"({what} is not under {cache_location()})")
     text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
     return f"could not be fetched from the Hugging Face hub ({name}{': ' + text if text else ''})"
 
 
-def resolve_model(ref: str, recipe_dir: Path, allow_pickle: bool = False) -> Path:
-    """Turn a recipe's `model:` string into a local checkpoint folder."""
+def _hint(exc: Exception) -> str:
+    if type(exc).__name__ in _FINAL_HUB_ERRORS:
+        return "check the hub id and revision (org/name@revision), or give a local folder"
+    return ("download it first where the hub is reachable: `prefkit fetch RECIPE` (or "
+            "`hf download`), into the same cache (HF_HOME / HF_HUB_CACHE)")
+
+
+def fetch_model(ref: str, allow_pickle: bool = False) -> Path:
+    """A hub model's snapshot folder, with at least one weights file."""
+    path = download(ref, "model", allow_pickle=allow_pickle)
+    if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+        what = "*.safetensors or pytorch_model*.bin" if allow_pickle else "*.safetensors"
+        raise CheckpointError(
+            f"model {ref!r}: {path} has no weights (no {what})",
+            hint="the hub repo has no such weights (pickle-only repos need --allow-pickle), or the "
+            "cached download is incomplete: run `prefkit fetch RECIPE` where the hub is reachable")
+    return path
+
+
+def fetch_adapter(ref: str, allow_pickle: bool = False) -> Path:
+    """A hub PEFT adapter's snapshot folder, with its adapter_config.json."""
+    path = download(ref, "adapter", allow_pickle=allow_pickle)
+    if not (path / "adapter_config.json").exists():
+        raise CheckpointError(f"adapter {ref!r}: {path} has no adapter_config.json",
+                              hint="give a folder saved with peft's save_pretrained()")
+    return path
+
+
+def resolve_model(ref: str, recipe_dir: Path, allow_pickle: bool = False, *,
+                  kind: Kind = "model") -> Path:
+    """Turn a recipe's `model:` (or `lora:`) string into a local folder."""
     local = resolve_local(ref, recipe_dir)
     if local is not None:
         return local
     if is_hub_id(ref) and not _looks_local(ref, recipe_dir):
-        return fetch_model(ref, allow_pickle)
+        fetch = fetch_adapter if kind == "adapter" else fetch_model
+        return fetch(ref, allow_pickle)
     raise CheckpointError(
-        f"model {ref!r}: no such folder (looked in {recipe_dir} and {Path.cwd()})",
-        hint="give a checkpoint folder or a hub id such as org/name",
+        f"{kind} {ref!r}: no such folder (looked in {recipe_dir} and {Path.cwd()})",
+        hint="give a folder or a hub id such as org/name[@revision]",
     )

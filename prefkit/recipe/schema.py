@@ -53,6 +53,9 @@ class _Strict(BaseModel):
 class ModelEntry(_Strict):
     model: str = Field(min_length=1,
                        description="Local checkpoint directory or hub id (`org/name[@revision]`).")
+    lora: str | None = Field(
+        None, min_length=1, description="prefkit: a LoRA/PEFT adapter (folder or hub id) applied "
+        "to `model`; the same as mergekit's `model: base+adapter`.")
     parameters: dict[str, Any] | None = Field(None, description="Per-model method parameters.")
     task: str | None = Field(None, description="prefkit: the task this model was fine-tuned for.")
     labels: list[str] | None = Field(
