@@ -72,14 +72,52 @@ def run_recipe(loaded, registry, *, output: str | Path | None = None, force: boo
     reporter = NullReporter() if quiet else RichReporter()
     for note in plan.notes:
         reporter.note(note)
-    result = execute(plan, reporter=reporter, force=force, max_shard_bytes=max_shard_bytes,
-                     allow_nonfinite=allow_nonfinite)
-    line = {"status": "ok", "output": str(result.output), "method": plan.method.method.name,
+    if plan.method.method.kind == "trainer":
+        line = _train(plan, loaded, registry, reporter, force, max_shard_bytes)
+    else:
+        result = execute(plan, reporter=reporter, force=force, max_shard_bytes=max_shard_bytes,
+                         allow_nonfinite=allow_nonfinite)
+        line = _line(plan, result)
+    if loaded.recipe.evaluate is not None:
+        line["results"] = evaluate_output(loaded, Path(line["output"]), registry, quiet)["tasks"]
+    return line
+
+
+def _line(plan, result) -> dict[str, Any]:
+    return {"status": "ok", "output": str(result.output), "method": plan.method.method.name,
             "tensors": result.tensors, "bytes": result.bytes_written,
             "seconds": round(result.seconds, 3)}
-    if loaded.recipe.evaluate is not None:
-        line["results"] = evaluate_output(loaded, result.output, registry, quiet)["tasks"]
-    return line
+
+
+def _train(plan, loaded, registry, reporter, force, max_shard_bytes) -> dict[str, Any]:
+    """Trainer methods: train (or reuse the cached model), then write it like any merge. An
+    output folder already written from the same trained model is kept as it is."""
+    from dataclasses import replace
+
+    from prefkit.eval.run import inline_tasks
+    from prefkit.executor import execute
+    from prefkit.progress import RichReporter
+    from prefkit.train import train_plan
+
+    steps = RichReporter(reporter.console, unit="steps") if isinstance(reporter, RichReporter) else reporter
+    trained = train_plan(plan, registry, reporter=steps,
+                         extra_tasks=inline_tasks(loaded.recipe.tasks))
+    training = {"model": str(trained.files.model), "log": str(trained.files.log),
+                "cached": trained.cached, **trained.summary}
+    line = {"status": "ok", "output": str(plan.output), "method": plan.method.method.name,
+            "training": training}
+    provenance = plan.output / "prefkit.json"
+    if provenance.is_file() and not force:
+        previous = json.loads(provenance.read_text()).get("training", {})
+        if previous.get("model") == training["model"]:
+            reporter.note(f"{plan.output}: already written from {trained.files.model}")
+            return line
+    plan = replace(plan, inputs=tuple(replace(m, labels=tuple(trained.labels[m.task]))
+                                      for m in plan.inputs))
+    result = execute(plan, reporter=reporter, force=force, max_shard_bytes=max_shard_bytes,
+                     weights=trained.weights, task_heads=trained.task_heads or None,
+                     provenance={"training": training})
+    return {**_line(plan, result), "training": training}
 
 
 def evaluate_output(loaded, output, registry, quiet):

@@ -43,6 +43,7 @@ from typing import Any
 from prefkit.api import Task
 from prefkit.errors import CheckpointError, DataError, PrefkitError
 from prefkit.eval.data import load_split
+from prefkit.train.model import trainable
 
 INFO_FILE = "prefkit-demo.json"
 FORMAT = 1
@@ -398,7 +399,7 @@ def _train_task(task: Task, base: Path, dest: Path, settings: ZooSettings, key: 
     layers = model.config.num_hidden_layers
     trained_layers = layers if settings.train_layers is None else min(settings.train_layers, layers)
     for name, param in model.named_parameters():
-        param.requires_grad = _trainable(name, layers, trained_layers)
+        param.requires_grad = trainable(name, layers, trained_layers)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
@@ -469,15 +470,6 @@ def _train_task(task: Task, base: Path, dest: Path, settings: ZooSettings, key: 
                   f"(majority {r['validation_majority']:.3f}), train {r['train_accuracy']:.3f}, "
                   f"{r['seconds']:.0f} s")
     return info
-
-
-def _trainable(name: str, layers: int, trained_layers: int) -> bool:
-    if trained_layers >= layers:
-        return True
-    if ".encoder.layer." in name:
-        index = int(name.split(".encoder.layer.")[1].split(".")[0])
-        return index >= layers - trained_layers
-    return ".pooler." in name or not name.startswith(("bert.", "roberta.", "distilbert."))
 
 
 # ---------------------------------------------------------------------------------- entry point
