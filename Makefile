@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo demo-data offline-merge test test-all bench clean
+.PHONY: setup demo demo-data offline-merge test test-example test-all bench clean
 
 setup: $(VENV)/.installed
 
@@ -35,8 +35,15 @@ offline-merge: setup
 	$(BIN)/prefkit run recipes/offline/ties_pref.yaml recipes/offline/task_arithmetic_pref.yaml recipes/offline/averaging_pref.yaml --force
 
 test: setup
-	$(BIN)/ruff check prefkit plugins tests benchmarks
+	$(BIN)/ruff check prefkit plugins tests benchmarks examples
 	$(BIN)/python -m pytest -q -m "not slow"
+	$(MAKE) test-example
+
+# The example third-party plugin, installed as a user would (its own distribution, entry point
+# in the "prefkit" group), then its own tests (they use prefkit's pytest11 fixtures).
+test-example: setup
+	$(BIN)/pip install --quiet --no-deps -e examples/prefkit-dare
+	$(BIN)/python -m pytest -q examples/prefkit-dare/tests
 
 test-all: setup
 	$(BIN)/python -m pytest -q
