@@ -7,10 +7,8 @@ import math
 import pytest
 import torch
 
-pytest.importorskip("scipy")
-
-from prefkit.moo import epo_search_direction, non_uniformity  # noqa: E402
-from prefkit.moo.epo import EPODirection  # noqa: E402
+from prefkit.moo import epo_search_direction, non_uniformity
+from prefkit.moo.epo import EPODirection
 
 C1 = torch.tensor([0.0, 0.0], dtype=torch.float64)
 C2 = torch.tensor([2.0, 1.0], dtype=torch.float64)
@@ -156,3 +154,21 @@ def test_epo_fallback_when_lp_fails(monkeypatch):
     assert not d.lp_success and torch.allclose(d.alpha, torch.tensor([0.9, 0.1], dtype=torch.float64))
     d = epo_search_direction(torch.tensor([1.0, 1.0]), J, [0.5, 0.5], fallback=[0.3, 0.7])
     assert d.mode == "descent" and not d.lp_success
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_epo_from_gram_equals_epo_from_jacobian(seed):
+    """A training loop may hand over G = J·Jᵀ alone: same direction, mode and non-uniformity."""
+    gen = torch.Generator().manual_seed(seed)
+    J = torch.randn(3, 50, generator=gen, dtype=torch.float64)
+    losses = torch.rand(3, generator=gen, dtype=torch.float64) + 0.1
+    p = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    from_j = epo_search_direction(losses, J, p)
+    from_g = epo_search_direction(losses, None, p, gram=J @ J.T)
+    assert from_g.mode == from_j.mode and from_g.lp_success == from_j.lp_success
+    assert from_g.non_uniformity == pytest.approx(from_j.non_uniformity)
+    assert torch.allclose(from_g.alpha, from_j.alpha, atol=1e-9)
+    with pytest.raises(ValueError, match="exactly one of jacobian and gram"):
+        epo_search_direction(losses, J, p, gram=J @ J.T)
+    with pytest.raises(ValueError, match="gram must be m x m"):
+        epo_search_direction(losses, None, p, gram=J)

@@ -229,3 +229,101 @@ def test_non_finite_loss_stops_with_one_line(tmp_path, registry, tiny_setup):
                          train="steps: 3, lr: 1.0e+30, max_grad_norm: null, optimizer: sgd")
     with pytest.raises(PrefkitError, match="is not finite"):
         _train(plan, loaded, registry)
+
+
+# ------------------------------------------------------------------- the step's arithmetic
+
+
+def test_gradient_step_uses_gram_of_task_gradients_and_weighted_update(tmp_path, registry,
+                                                                        tiny_setup):
+    """For a gradient method the loop hands over G = J·Jᵀ of the per-task gradients and sets each
+    parameter's gradient to Σ α_i g_i; checked against autograd on each task separately."""
+    from prefkit.api import TrainerMethod
+    from prefkit.train.data import prepare
+    from prefkit.train.loop import _losses, _step
+    from prefkit.train.model import MultiTaskModel
+    from prefkit.train.run import _orders
+
+    class Spy(TrainerMethod):
+        name = "spy"
+        uses_gradients = True
+        seen = {}
+
+        def task_weights(self, losses, *, preference, settings, state, gram=None):
+            self.seen.update(losses=losses, gram=gram)
+            return torch.tensor([0.3, 0.7], dtype=torch.float64)
+
+    plan, loaded = _plan(tmp_path, registry, tiny_setup, "epo")
+    tasks = [inline_tasks(loaded.recipe.tasks)[m.task] for m in plan.inputs]
+    orders = _orders(plan, tasks)
+    import transformers
+    tokenizer = transformers.AutoTokenizer.from_pretrained(plan.tokenizer_source)
+    data = [prepare(t, tokenizer, o, "train", 16) for t, o in zip(tasks, orders)]
+    model = MultiTaskModel(plan, tasks, per_task=True, seed=0, train_layers=1)
+    model.train()
+    params = model.parameters()
+    orders_ = [BatchOrder(len(d), 8, 0, d.task.name) for d in data]
+    spy = Spy()
+    pref = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    row = _step(model, data, orders_, spy, plan.train, pref, {}, 3, "cpu", False, 0, params)
+    grads = []
+    for i in range(2):
+        loss = _losses(model, data, orders_, 3, "cpu", False, 0, i)
+        grads.append(torch.cat([
+            (g if g is not None else torch.zeros_like(p)).flatten()
+            for g, (_, p) in zip(torch.autograd.grad(loss, [p for _, p in params], allow_unused=True),
+                                 params)]))
+    J = torch.stack(grads).double()
+    assert torch.allclose(spy.seen["gram"], J @ J.T, rtol=1e-5, atol=1e-10)
+    assert row["alpha"] == [0.3, 0.7]
+    update = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                        for _, p in params]).double()
+    assert torch.allclose(update, 0.3 * J[0] + 0.7 * J[1], rtol=1e-5, atol=1e-9)
+    # only the top layer (train_layers: 1), the pooler and the two heads are trained
+    names = [n for n, _ in params]
+    assert not any(".layer.0." in n or "embeddings" in n for n in names)
+    assert "heads.topic.classifier.weight" in names and "bert.pooler.dense.weight" in names
+
+
+def test_chebyshev_weights_are_the_gradient_of_its_scalarization():
+    from prefkit.plugins.scalarization import Chebyshev, ChebyshevSettings
+
+    losses = torch.tensor([0.9, 0.4, 1.2], dtype=torch.float64)
+    p = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    hard = Chebyshev().task_weights(losses, preference=p, settings=ChebyshevSettings(),
+                                    state={})
+    assert hard.tolist() == [0.0, 0.0, 0.3]  # p·L = (0.18, 0.2, 0.36): task 3 is the max
+    smooth = Chebyshev().task_weights(losses, preference=p, settings=ChebyshevSettings(mu=0.1),
+                                      state={})
+    expected = p * torch.softmax(p * losses / 0.1, 0)
+    assert torch.allclose(smooth, expected)
+    state = {}
+    settings = ChebyshevSettings(ideal="min")
+    Chebyshev().task_weights(losses, preference=p, settings=settings, state=state)
+    alpha = Chebyshev().task_weights(torch.tensor([1.0, 0.3, 1.22], dtype=torch.float64),
+                                     preference=p, settings=settings, state=state)
+    assert state["ideal"] == [0.9, 0.3, 1.2]  # the running minimum
+    # p·(L − z) = (0.02, 0, 0.006): task 1 is the max (with z = 0 it would be task 3)
+    assert alpha.tolist() == [0.2, 0.0, 0.0]
+
+
+def test_bf16_autocast_trains_and_is_part_of_the_cache_key(tmp_path, registry, tiny_setup):
+    plan, loaded = _plan(tmp_path, registry, tiny_setup, "linear_scalarization",
+                         train="steps: 4, precision: bf16")
+    bf16 = _train(plan, loaded, registry)
+    plan, loaded = _plan(tmp_path, registry, tiny_setup, "linear_scalarization",
+                         train="steps: 4, precision: fp32")
+    fp32 = _train(plan, loaded, registry)
+    assert bf16.summary["bf16"] is True and fp32.summary["bf16"] is False
+    assert bf16.files.model != fp32.files.model
+    name = "bert.encoder.layer.1.output.dense.weight"
+    assert bf16.weights[name].dtype == torch.float32
+    assert not torch.equal(bf16.weights[name], fp32.weights[name])
+    assert torch.allclose(bf16.weights[name], fp32.weights[name], atol=0.05)
+
+
+def test_epochs_set_the_number_of_steps(tmp_path, registry, tiny_setup):
+    plan, loaded = _plan(tmp_path, registry, tiny_setup, "linear_scalarization",
+                         train="steps: null, epochs: 0.5, batch_size: 40")
+    trained = _train(plan, loaded, registry)
+    assert trained.summary["steps"] == 3  # ceil(0.5 · 240 / 40)
