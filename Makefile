@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo demo-data offline-merge test test-example test-all bench clean
+.PHONY: setup demo demo-data demo-sweep offline-merge test test-example test-all bench clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,13 @@ demo-data: setup
 	@test -f /usr/share/wordnet/data.noun || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base; \
 	  else echo "WordNet is missing: run 'sudo apt-get install wordnet-base'"; exit 1; fi; }
+
+# The demo sweep (zoo from `make demo`, cached): averaging, task arithmetic and TIES for every
+# preference of a simplex grid, scored; report in runs/demo_sweep/report.md. Over 3 minutes on 2
+# cores, so not part of `make demo`; a rerun reuses every finished point.
+demo-sweep: setup demo-data
+	$(BIN)/python -m prefkit.demo.zoo recipes/demo/zoo
+	$(BIN)/prefkit run recipes/demo/sweep.yaml
 
 # A merge of seeded toy checkpoints (no training, no data): seconds.
 offline-merge: setup

@@ -111,8 +111,8 @@ def expand(sweep: LoadedRecipe) -> list[Point]:
         for preference, pref_loc in _preferences(sweep):
             recipe = {"merge_method": method["merge_method"], **shared}
             recipe.update({k: method[k] for k in ("parameters", "train") if k in method})
-            if preference is not None:
-                recipe["preference"] = preference
+            if preference is not None:  # floats: [1, 0] and [1.0, 0.0] are one point (one key)
+                recipe["preference"] = [float(x) for x in preference]
             moves = [((*method_loc, k), (k,)) for k in METHOD_KEYS]
             moves += [(pref_loc, ("preference",))]
             moves += [((k,), (k,)) for k in shared]

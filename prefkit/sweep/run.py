@@ -75,7 +75,7 @@ def run_sweep(loaded, registry, *, output: str | Path | None = None, force: bool
             counts["cached"] += 1
             log.info("cached  %s %s", point.label, point.preference, extra=_fields(cached))
             if (cached["key"], cached["eval_key"]) not in recorded:
-                append_line(out / RESULTS, {**cached, "cached": True})
+                append_line(out / RESULTS, cached)
             tracker.log_point(cached)
         threads = torch_threads(workers) if workers else None
         jobs = [_with(job, threads=threads, plugins=registry_spec(registry) if workers else ())
@@ -147,7 +147,7 @@ def _prepare(point: Point, loaded, out: Path, fingerprints: dict[str, str], forc
         import shutil
 
         shutil.rmtree(folder / "model", ignore_errors=True)
-    return job, ({**stored, **record} if reusable else None)
+    return job, ({**stored, **record, "cached": True} if reusable else None)
 
 
 def describe(line: dict[str, Any]) -> str:

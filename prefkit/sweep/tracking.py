@@ -62,6 +62,10 @@ class WandbTracker:
                                                    for p in images}}, step=self.step)
         finally:
             self.run.finish()
+            # finish() can return before the service has written the run file (offline mode);
+            # shutting the service down flushes it, unless another run still uses it
+            if self.wandb.run is None:
+                self.wandb.teardown()
 
 
 def _plain(value: Any) -> Any:

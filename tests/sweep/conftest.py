@@ -12,7 +12,11 @@ import pytest
 
 pytest.importorskip("transformers")
 
+from prefkit.recipe import load_recipe  # noqa: E402
 from prefkit.registry import load_registry  # noqa: E402
+from prefkit.sweep import SweepOptions  # noqa: E402
+from prefkit.sweep.run import run_sweep  # noqa: E402
+from prefkit.sweep.store import read_results  # noqa: E402
 from prefkit.testing.classifiers import WORDS, make_tiny_classifier  # noqa: E402
 from tests.conftest import builtin_plugins  # noqa: E402
 
@@ -89,3 +93,42 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+IN_PROCESS = SweepOptions(workers=0)
+TWO_METHODS = ("  - {merge_method: linear}\n"
+               "  - {merge_method: ties, parameters: {density: 0.5}}\n")
+
+
+def by_key(out: Path) -> dict[str, dict]:
+    """The results.jsonl records of a sweep output, by model key (the last of each)."""
+    return {r["key"]: r for r in read_results(out / "results.jsonl")}
+
+
+@pytest.fixture(scope="session")
+def finished(tiny_zoo, tmp_path_factory, sweep_registry):
+    """A finished 2-method x 3-preference sweep, run in this process (read it; copy it to
+    change it). Returns (folder, result line)."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("finished")
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PREFKIT_CACHE", str(folder / "cache"))
+        torch.set_num_threads(1)
+        path = write_sweep(folder, tiny_zoo, methods=TWO_METHODS)
+        line = run_sweep(load_recipe(path), sweep_registry, options=IN_PROCESS)
+        torch.set_num_threads(threads)
+    return folder, line
+
+
+def copy_sweep(finished, tmp_path: Path) -> Path:
+    """The finished sweep's output under tmp_path, and its recipe pointing there."""
+    import shutil
+
+    folder, _ = finished
+    shutil.copytree(folder / "out", tmp_path / "out")
+    path = tmp_path / "sweep.yaml"
+    path.write_text((folder / "sweep.yaml").read_text().replace(str(folder / "out"),
+                                                               str(tmp_path / "out")))
+    return path

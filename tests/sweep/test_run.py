@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -16,26 +15,7 @@ from prefkit.recipe import load_recipe
 from prefkit.sweep import SweepOptions, is_sweep
 from prefkit.sweep.run import run_sweep
 from prefkit.sweep.store import read_results
-from tests.sweep.conftest import write_sweep
-
-IN_PROCESS = SweepOptions(workers=0)
-TWO_METHODS = ("  - {merge_method: linear}\n"
-               "  - {merge_method: ties, parameters: {density: 0.5}}\n")
-
-
-@pytest.fixture(scope="module")
-def finished(tiny_zoo, tmp_path_factory, sweep_registry):
-    """A finished 2-method x 3-preference sweep (read it; copy it to change it)."""
-    folder = tmp_path_factory.mktemp("finished")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PREFKIT_CACHE", str(folder / "cache"))
-        path = write_sweep(folder, tiny_zoo, methods=TWO_METHODS)
-        line = run_sweep(load_recipe(path), sweep_registry, options=IN_PROCESS)
-    return folder, line
-
-
-def by_key(out: Path) -> dict[str, dict]:
-    return {r["key"]: r for r in read_results(out / "results.jsonl")}
+from tests.sweep.conftest import IN_PROCESS, TWO_METHODS, by_key, copy_sweep, write_sweep
 
 
 @pytest.fixture
@@ -55,16 +35,6 @@ def counted(monkeypatch):
     monkeypatch.setattr(run_batch, "run_recipe", counting_merge)
     monkeypatch.setattr(run_batch, "evaluate_output", counting_score)
     return calls
-
-
-def copy_sweep(finished, tmp_path) -> Path:
-    """The finished sweep's folder under tmp_path, its recipe pointing at its new output."""
-    folder, _ = finished
-    shutil.copytree(folder / "out", tmp_path / "out")
-    path = tmp_path / "sweep.yaml"
-    path.write_text((folder / "sweep.yaml").read_text().replace(str(folder / "out"),
-                                                               str(tmp_path / "out")))
-    return path
 
 
 def test_every_point_is_an_ordinary_stored_recipe(finished, sweep_registry, tmp_path):
