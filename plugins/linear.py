@@ -13,9 +13,12 @@ that is not listed under `models` is merged as one more input whose weight comes
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
 from pydantic import Field
+
+if TYPE_CHECKING:  # torch is imported inside the functions: the CLI starts without it
+    import torch
 
 from prefkit.api import Params, TensorInfo, TensorMethod, WeightParams, hookimpl
 from prefkit.ops import chunks
@@ -43,6 +46,8 @@ class LinearMethod(TensorMethod):
         model_params: Sequence[WeightParams],
         info: TensorInfo,
     ) -> torch.Tensor:
+        import torch
+
         first = tensors[0]
         dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
         weights = torch.tensor([p.weight for p in model_params], dtype=dtype)

@@ -10,9 +10,12 @@ mergekit semantics (0.1.5): `normalize` defaults to false; a weight sum below 1e
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
 from pydantic import Field
+
+if TYPE_CHECKING:  # torch is imported inside the functions: the CLI starts without it
+    import torch
 
 from prefkit.api import Params, TensorInfo, TensorMethod, WeightParams, hookimpl
 from prefkit.ops import accumulator, chunks, scale_, task_vectors_
@@ -41,6 +44,8 @@ class TaskArithmeticMethod(TensorMethod):
         model_params: Sequence[WeightParams],
         info: TensorInfo,
     ) -> torch.Tensor:
+        import torch
+
         # task vectors in place in the owned inputs, then chunk by chunk into the first buffer
         deltas = [t.reshape(-1) for t in task_vectors_(tensors, base)]
         weights = [p.weight for p in model_params]

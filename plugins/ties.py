@@ -20,10 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
+
+if TYPE_CHECKING:  # torch is imported inside the functions: the CLI starts without it
+    import torch
 
 from prefkit.api import Params, Scan, TensorInfo, TensorMethod, hookimpl
 from prefkit.ops import (
@@ -90,6 +92,8 @@ class TiesMethod(TensorMethod):
                 )
 
     def prepare(self, scan: Scan, params: TiesParams) -> GlobalThresholds | None:
+        import torch
+
         if params.trim != "global":
             return None
         high: list[torch.Tensor] = []
@@ -176,6 +180,8 @@ class TiesMethod(TensorMethod):
     @staticmethod
     def _disjoint_merge(parts, base, params: TiesParams, model_params) -> torch.Tensor:
         """Elect signs and average the agreeing weighted task vectors (one chunk)."""
+        import torch
+
         positive = elected_positive(parts, params.consensus)
         mixed = accumulator(base)
         divisor = accumulator(base) if params.normalize else None
@@ -210,6 +216,8 @@ class _Cut:
 
 def _rescale_ratio(delta: torch.Tensor, cut: _Cut | None, eps: float = 1e-7) -> torch.Tensor | None:
     """mergekit's `rescale`: ‖τ‖₁ / ‖trim(τ)‖₁ (1 when either is below eps), chunk by chunk."""
+    import torch
+
     if cut is None:
         return None
     probe = _Cut(cut.threshold, cut.ties)

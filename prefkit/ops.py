@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
+import lazy_loader
+
+# torch is imported on first use, so `prefkit --help` and `validate` start fast.
+torch = lazy_loader.load("torch")
 
 
 def task_vectors_(tensors: Sequence[torch.Tensor], base: torch.Tensor) -> list[torch.Tensor]:

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
+
+if TYPE_CHECKING:  # torch is imported inside the functions: the CLI starts without it
+    import torch
 
 from prefkit.api import Params, TensorInfo, TensorMethod, hookimpl
 from prefkit.ops import agrees, task_vectors_
@@ -60,6 +62,8 @@ def tensor_seed(seed: int, name: str) -> int:
 def drop_and_rescale(delta: torch.Tensor, density: float, generator: torch.Generator,
                      rescale_by: str | None, eps: float = 1e-7) -> torch.Tensor:
     """One task vector after DARE, in its own dtype (`rescale_by` None: drop only)."""
+    import torch
+
     if density >= 1:
         return delta
     # torch.bernoulli has no float16 kernel on CPU: draw in float32 (bfloat16 draws natively)
@@ -90,6 +94,8 @@ class _Dare(TensorMethod):
         model_params: Sequence[DareModelParams],
         info: TensorInfo,
     ) -> torch.Tensor:
+        import torch
+
         generator = torch.Generator().manual_seed(tensor_seed(params.seed, info.name))
         rescale_by = params.rescale_by if params.rescale else None
         # masks are drawn model by model, in recipe order, from this tensor's generator

@@ -1,0 +1,39 @@
+"""`prefkit --help` and `prefkit validate` never import torch (they must start in well under a
+second); the merge commands import it when they need it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import sys
+from prefkit.cli import main
+try:
+    main({args!r})
+except SystemExit as exc:
+    code = exc.code
+print("TORCH_LOADED" if "torch._C" in sys.modules else "TORCH_NOT_LOADED", file=sys.stderr)
+"""
+
+
+def _loaded(args, cwd) -> str:
+    result = subprocess.run([sys.executable, "-c", PROBE.format(args=args)], cwd=cwd,
+                            capture_output=True, text=True, timeout=120)
+    return result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["methods", "--json"], ["validate", "r.yaml"]])
+def test_light_commands_do_not_import_torch(tmp_path, args):
+    (tmp_path / "r.yaml").write_text(
+        "merge_method: ties\nbase_model: b\nmodels: [{model: m1}, {model: m2}]\n"
+        "parameters: {density: 0.2}\npreference: [0.7, 0.3]\n")
+    assert _loaded(args, tmp_path) == "TORCH_NOT_LOADED"
+
+
+def test_the_probe_sees_torch_when_a_merge_runs(workdir):
+    (workdir / "r.yaml").write_text(
+        "merge_method: linear\nmodels: [{model: zoo/imdb}, {model: zoo/mrpc}]\n")
+    assert _loaded(["run", "-q", "r.yaml", "-o", "out"], workdir) == "TORCH_LOADED"
