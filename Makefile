@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo demo-data demo-sweep offline-merge test test-example test-all bench clean
+.PHONY: setup demo demo-data demo-sweep demo-train offline-merge test test-example test-all bench clean
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,14 @@ demo-data: setup
 demo-sweep: setup demo-data
 	$(BIN)/python -m prefkit.demo.zoo recipes/demo/zoo
 	$(BIN)/prefkit run recipes/demo/sweep.yaml
+
+# Training for a preference (Chebyshev, EPO) on the demo zoo, then the four families side by
+# side at two preferences (runs/demo_sweep_train/report.md). Each training is about 8 minutes of
+# one CPU core; trained models are cached in checkpoints/training/.
+demo-train: setup demo-data
+	$(BIN)/python -m prefkit.demo.zoo recipes/demo/zoo
+	$(BIN)/prefkit run recipes/demo/chebyshev_pref.yaml recipes/demo/epo_pref.yaml
+	$(BIN)/prefkit run recipes/demo/sweep_train.yaml
 
 # A merge of seeded toy checkpoints (no training, no data): seconds.
 offline-merge: setup
