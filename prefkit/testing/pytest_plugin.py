@@ -24,21 +24,26 @@ from typing import Any
 import pytest
 
 
-def builtin_plugins() -> dict[str, Any]:
-    """prefkit's own plugins, by entry-point name, loaded from its distribution's entry points."""
-    eps = importlib.metadata.distribution("prefkit").entry_points
-    return {ep.name: ep.load() for ep in eps if ep.group == "prefkit"}
-
-
 def make_registry(*plugins: Any, builtins: bool = True):
-    """A registry of `plugins` (modules or objects; named by module or class) and the built-ins."""
+    """A registry of `plugins` (modules or objects; named by module or class) and prefkit's
+    built-ins (its distribution's own entry points). A built-in that fails to import is listed in
+    `registry.failed`, as `prefkit plugins` would show it, and the rest still load."""
     from prefkit.registry import load_registry
 
-    named = dict(builtin_plugins()) if builtins else {}
+    named: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    eps = importlib.metadata.distribution("prefkit").entry_points if builtins else []
+    for ep in (ep for ep in eps if ep.group == "prefkit"):
+        try:
+            named[ep.name] = ep.load()
+        except Exception as exc:
+            failed[ep.name] = f"{type(exc).__name__}: {exc}"
     for plugin in plugins:
         name = getattr(plugin, "__name__", type(plugin).__name__)
         named[name.rsplit(".", 1)[-1]] = plugin
-    return load_registry(entry_points=False, plugins=named)
+    registry = load_registry(entry_points=False, plugins=named)
+    registry.failed.update(failed)
+    return registry
 
 
 @pytest.fixture(scope="session")

@@ -76,3 +76,20 @@ def test_checkpoint_factories_still_import_from_prefkit_testing():
 
     assert REFERENCE_TASKS["ag_news"] == 4 and tiny_config(2)["id2label"]["1"] == "LABEL_1"
     assert all(callable(f) for f in (make_base, make_finetuned, make_zoo))
+
+
+def test_a_broken_builtin_is_listed_and_the_rest_load(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from prefkit.testing import pytest_plugin
+
+    class Dist:
+        entry_points = [EntryPoint("linear", "prefkit.plugins.linear", "prefkit"),
+                        EntryPoint("gone", "prefkit.plugins.no_such_module", "prefkit"),
+                        EntryPoint("prefkit", "prefkit.testing.pytest_plugin", "pytest11")]
+
+    monkeypatch.setattr(pytest_plugin.importlib.metadata, "distribution", lambda name: Dist())
+    registry = pytest_plugin.make_registry(_Plugin())
+    assert set(registry.methods) == {"linear", "halves"}
+    assert registry.failed == {"gone": "ModuleNotFoundError: No module named "
+                                       "'prefkit.plugins.no_such_module'"}
