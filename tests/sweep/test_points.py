@@ -70,6 +70,21 @@ def test_explicit_preferences_and_a_single_method(tmp_path, tiny_zoo):
         ("ties", [3.0, 1.0], {"density": 0.3}), ("ties", [1.0, 1.0], {"density": 0.3})]
 
 
+def test_trainer_settings_pass_through_to_their_points(tmp_path, tiny_zoo):
+    methods = ("  - {merge_method: epo, train: {steps: 3, lr: 0.001}}\n"
+               "  - {merge_method: linear}\n")
+    points = expand(load_recipe(write_sweep(tmp_path, tiny_zoo, preferences="[[1, 1]]",
+                                            methods=methods)))
+    assert points[0].recipe["train"] == {"steps": 3, "lr": 0.001}
+    assert points[0].recipe["merge_method"] == "epo" and "train" not in points[1].recipe
+
+
+def test_validate_checks_a_sweep(tmp_path, tiny_zoo, sweep_registry):
+    path = write_sweep(tmp_path, tiny_zoo)
+    result = CliRunner().invoke(build_cli(lambda: sweep_registry), ["validate", str(path)])
+    assert result.exit_code == 0 and result.stdout == f"{path}: ok\n"
+
+
 def test_labels_of_a_method_listed_twice(tmp_path, tiny_zoo):
     methods = ("  - {merge_method: ties, parameters: {density: 0.2}}\n"
                "  - {merge_method: ties, parameters: {density: 0.8}}\n"
