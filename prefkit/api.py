@@ -230,6 +230,93 @@ class TrainerMethod(abc.ABC):
         """
 
 
+class Corpus(Params):
+    """An unlabeled text corpus named in a solver's `train:` block (instead of the tasks' splits)."""
+
+    dataset: str = Field(description="A `datasets` path: a hub id (e.g. wikitext) or a builder for "
+                         "local files (text, csv, json) with data_files.")
+    config_name: str | None = Field(None, description="The dataset configuration, e.g. "
+                                    "wikitext-2-raw-v1.")
+    data_files: str | list[str] | None = Field(None, description="Local files, relative to the "
+                                               "recipe's folder.")
+    split: str = "train"
+    field: str = Field("text", description="The column holding the texts.")
+
+
+class SolverSettings(Params):
+    """The `train:` block every solver accepts: which unlabeled data, how much of it, and where
+    the solver runs (methods subclass it to add their own settings)."""
+
+    steps: int = Field(100, ge=1, description="Optimiser steps; each draws one batch of every task.")
+    batch_size: int = Field(16, ge=1, description="Unlabeled examples per task per step.")
+    split: Literal["train", "validation"] = Field(
+        "train", description="Each task's split whose texts (labels dropped) the solver adapts on.")
+    corpus: Corpus | None = Field(None, description="Instead of the tasks' splits: one unlabeled "
+                                  "corpus for every task (single texts).")
+    num_samples: int | None = Field(None, ge=1, description="A seeded subset of this many "
+                                    "examples per task (null: all of them).")
+    max_length: int = Field(128, ge=8, description="Tokens per example (longer are truncated).")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's).")
+    log_every: int = Field(10, ge=1, description="Report the per-task objective every N steps.")
+    allow_eval_split: bool = Field(
+        False, description="Allow adapting on the split that `evaluate:` scores (test-time "
+        "adaptation: the scores are then not held out).")
+
+
+@dataclass(frozen=True)
+class SolveContext:
+    """What a solver's `solve` gets.
+
+    Attributes:
+        plan: the resolved `prefkit.plan.Plan` (inputs, tensors, heads, output config).
+        tasks: each model's task, in recipe order.
+        preference: the preference normalised to sum 1 (uniform when the recipe gives none).
+        settings: the validated `train:` block (the method's `Settings`).
+        reporter: where progress and notes go (`note(message)`).
+    """
+
+    plan: Any
+    tasks: tuple[Task, ...]
+    preference: tuple[float, ...]
+    settings: SolverSettings
+    reporter: Any
+
+
+@dataclass(frozen=True)
+class Solution:
+    """What a solver learned.
+
+    Attributes:
+        state: JSON-able; saved as ``<output>/<method name>.json`` and passed to every `merge`
+            call as `info.state`.
+        summary: a short JSON-able digest for the run's result line and ``prefkit.json``.
+    """
+
+    state: dict[str, Any]
+    summary: dict[str, Any]
+
+
+class SolverMethod(TensorMethod):
+    """A method that learns its merge coefficients on unlabeled data, then merges tensor by tensor.
+
+    `prefkit run` calls `solve` once, then the streaming executor calls `merge` (see
+    TensorMethod) for every tensor with the solution's state in `info.state`, so the output is
+    written like any merge; `prepare` is not called.
+
+    Class attributes: as for TensorMethod, plus
+        Settings: the `train:` block's model (a SolverSettings subclass).
+    """
+
+    kind: ClassVar[str] = "solver"
+    Settings: ClassVar[type[SolverSettings]] = SolverSettings
+
+    @abc.abstractmethod
+    def solve(self, context: SolveContext) -> Solution:
+        """Learn the coefficients; raise a PrefkitError (one line) when the inputs do not fit."""
+
+
 @dataclass(frozen=True)
 class Task:
     """A labelled text-classification task, for evaluation, training and AdaMerging.

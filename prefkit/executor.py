@@ -85,9 +85,11 @@ class _Loader:
 
 
 def execute(plan: Plan, *, reporter: Reporter | None = None, force: bool = False,
-            max_shard_bytes: int = DEFAULT_SHARD_BYTES, allow_nonfinite: bool = False) -> RunResult:
+            max_shard_bytes: int = DEFAULT_SHARD_BYTES, allow_nonfinite: bool = False, state=None,
+            files=None) -> RunResult:
     """Run a Plan and write its output folder. An input tensor holding NaN/Inf is an error unless
-    `allow_nonfinite`.
+    `allow_nonfinite`. Solver methods pass their learned `state` (it reaches `merge` as
+    `info.state`; `prepare` is not called) and `files` (name → text, written into the output).
 
     Raises:
         OutputError: the output exists and `force` is false, or cannot be written (disk full).
@@ -107,9 +109,11 @@ def execute(plan: Plan, *, reporter: Reporter | None = None, force: bool = False
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        total = _write_tensors(plan, tmp, reporter, max_shard_bytes, allow_nonfinite)
+        total = _write_tensors(plan, tmp, reporter, max_shard_bytes, allow_nonfinite, state)
         seconds = time.perf_counter() - started
         _write_side_files(plan, tmp, seconds)
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
         replace_folder(tmp, out)
     except OSError as exc:  # reading errors are CheckpointErrors: this is the output side
         shutil.rmtree(tmp, ignore_errors=True)
@@ -123,7 +127,7 @@ def execute(plan: Plan, *, reporter: Reporter | None = None, force: bool = False
 
 
 def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes: int,
-                   allow_nonfinite: bool = False) -> int:
+                   allow_nonfinite: bool = False, state=None) -> int:
     outs = [OutTensor(p.name, p.out_dtype, p.shape) for p in plan.tensors]
     shards = plan_shards(outs, max_shard_bytes)
     writer = ShardWriter(folder, shards, {
@@ -133,8 +137,9 @@ def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes
     method = plan.method.method
     uses_base = plan.base is not None and method.base == "required"
     loader = _Loader(uses_base, allow_nonfinite)
-    state = method.prepare(lambda: _scan(plan, _Loader(uses_base, allow_nonfinite)),
-                           plan.shared_params)
+    if state is None:
+        state = method.prepare(lambda: _scan(plan, _Loader(uses_base, allow_nonfinite)),
+                               plan.shared_params)
     total = sum(o.nbytes for o in outs)
     reporter.start(len(outs), total, f"{method.name} → {plan.output}")
     try:

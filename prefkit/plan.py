@@ -230,13 +230,15 @@ class _Resolver:
                 self.err(loc, exc.message, exc.hint, type(exc))
 
     def _train_settings(self, method):
-        """Trainer methods: the `train:` block against the method's Settings; every model needs a
-        registered (or inline) task. Other methods: no `train:` block."""
+        """Trainer and solver methods: the `train:` block against the method's Settings; every
+        model needs a registered (or inline) task. Other methods: no `train:` block."""
         raw = self.recipe.train
-        if getattr(method, "kind", "tensor") != "trainer":
+        kind = getattr(method, "kind", "tensor")
+        if kind not in ("trainer", "solver"):
             if raw is not None:
                 self.err(("train",), f"method {method.name!r} does not train",
-                         "train: is for trainer methods (chebyshev, epo); remove it")
+                         "train: is for trainer and solver methods (chebyshev, epo, adamerging); "
+                         "remove it")
             return None
         inline = self.recipe.tasks or {}
         for i, model in enumerate(self.recipe.models):
@@ -258,9 +260,40 @@ class _Resolver:
             for problem in exc.errors():
                 self.err(("train", *problem["loc"]), problem["msg"])
             return None
-        if settings.steps is not None and settings.epochs is not None:
+        if getattr(settings, "epochs", None) is not None and settings.steps is not None:
             self.err(("train", "epochs"), "steps and epochs both given", "keep one of them")
+        if kind == "solver":
+            self._check_adaptation_data(settings)
         return settings
+
+    def _check_adaptation_data(self, settings) -> None:
+        """Solvers adapt on unlabeled data: each task's `train.split` (which must exist), never
+        the split that `evaluate:` scores unless `allow_eval_split`; a corpus gives single texts."""
+        inline, spec = self.recipe.tasks or {}, self.recipe.evaluate
+        missing, scored, pairs = [], [], []
+        for model in self.recipe.models:
+            registered = self.registry.tasks.get(model.task) if model.task else None
+            task = inline.get(model.task) or (registered.task if registered else None)
+            if task is None:
+                continue  # no task: reported above
+            splits = task.splits
+            if settings.corpus is not None:
+                pairs += [model.task] if len(task.text_fields) > 1 else []
+            elif settings.split not in splits:
+                missing.append(model.task)
+            elif spec is not None and splits[settings.split] == splits.get(spec.split):
+                scored.append(f"{model.task} ({splits[settings.split]})")
+        if pairs:
+            self.err(("train", "corpus"), f"task(s) {', '.join(pairs)} take text pairs; a corpus "
+                     "gives single texts", "adapt on the tasks' own texts (train.split)")
+        if missing:
+            self.err(("train", "split"), f"task(s) {', '.join(missing)} have no "
+                     f"{settings.split!r} split", "set train.split or train.corpus")
+        if scored and not settings.allow_eval_split:
+            self.err(("train", "split"), f"{self.method.method.name} would adapt on the split that "
+                     f"evaluate: scores, for task(s) {', '.join(scored)}", "adapt on another split "
+                     "(train.split) or a corpus, or set train.allow_eval_split: true to adapt on "
+                     "the evaluation data knowingly")
 
     def _base_listed(self) -> bool:
         return any(m.model == self.recipe.base_model and m.lora is None for m in self.recipe.models)

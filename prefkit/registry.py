@@ -176,9 +176,9 @@ def _call_register(registry: Registry, impl: pluggy.HookImpl, distribution: str)
     plugin = impl.plugin_name
 
     def register(method: Any) -> None:
-        entry = {"trainer": "task_weights", "solver": "solve"}.get(getattr(method, "kind", None),
-                                                                 "merge")
-        for attr in ("name", "kind", entry):
+        entry = {"trainer": ("task_weights",), "solver": ("solve", "merge")}.get(
+            getattr(method, "kind", None), ("merge",))
+        for attr in ("name", "kind", *entry):
             if not hasattr(method, attr):
                 raise PluginError(
                     f"plugin {plugin!r} registered {method!r}, which has no {attr!r}",

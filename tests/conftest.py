@@ -10,7 +10,8 @@ import pytest
 from prefkit.registry import load_registry
 from prefkit.testing import make_zoo
 
-BUILTINS = ("linear", "task_arithmetic", "ties", "reference_tasks", "demo_tasks", "scalarization", "epo")
+BUILTINS = ("linear", "task_arithmetic", "ties", "reference_tasks", "demo_tasks", "scalarization", "epo",
+            "adamerging")
 
 
 def builtin_plugins() -> dict:

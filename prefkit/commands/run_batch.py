@@ -74,6 +74,8 @@ def run_recipe(loaded, registry, *, output: str | Path | None = None, force: boo
         reporter.note(note)
     if plan.method.method.kind == "trainer":
         line = _train(plan, loaded, registry, reporter, force, max_shard_bytes)
+    elif plan.method.method.kind == "solver":
+        line = _solve(plan, loaded, registry, reporter, force, max_shard_bytes, allow_nonfinite)
     else:
         result = execute(plan, reporter=reporter, force=force, max_shard_bytes=max_shard_bytes,
                          allow_nonfinite=allow_nonfinite)
@@ -118,6 +120,33 @@ def _train(plan, loaded, registry, reporter, force, max_shard_bytes) -> dict[str
                      weights=trained.weights, task_heads=trained.task_heads or None,
                      provenance={"training": training})
     return {**_line(plan, result), "training": training}
+
+
+def _solve(plan, loaded, registry, reporter, force, max_shard_bytes, allow_nonfinite):
+    """Solver methods (AdaMerging): learn the coefficients, then the streaming executor applies
+    them through the method's `merge`; the solution is saved as `<output>/<method>.json`."""
+    from prefkit.api import SolveContext
+    from prefkit.errors import OutputError
+    from prefkit.eval.run import inline_tasks
+    from prefkit.executor import execute
+    from prefkit.moo import normalize_preference
+    from prefkit.progress import RichReporter
+
+    if plan.output.exists() and not force:  # before minutes of learning, not after
+        raise OutputError(f"output {plan.output} already exists",
+                          hint="pass --force to replace it, or -o")
+    method = plan.method.method
+    extra = inline_tasks(loaded.recipe.tasks)
+    tasks = tuple(extra.get(m.task) or registry.task(m.task).task for m in plan.inputs)
+    preference = normalize_preference(loaded.recipe.preference or [1.0] * len(tasks), len(tasks))
+    steps = RichReporter(reporter.console, unit="steps") if isinstance(reporter, RichReporter) else reporter
+    solution = method.solve(SolveContext(plan, tasks, tuple(preference.tolist()), plan.train, steps))
+    file = f"{method.name}.json"
+    result = execute(plan, reporter=reporter, force=force, max_shard_bytes=max_shard_bytes,
+                     allow_nonfinite=allow_nonfinite, state=solution.state,
+                     provenance={"solver": solution.summary},
+                     files={file: json.dumps(solution.state, indent=1) + "\n"})
+    return {**_line(plan, result), "solver": {"file": str(plan.output / file), **solution.summary}}
 
 
 def evaluate_output(loaded, output, registry, quiet):

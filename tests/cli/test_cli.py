@@ -45,7 +45,8 @@ def test_methods_lists_builtins_with_plugin(cli):
     assert result.exit_code == 0
     rows = {r["name"]: r for r in json.loads(result.stdout)}
     assert set(rows) == {"linear", "task_arithmetic", "ties", "chebyshev", "epo",
-                         "linear_scalarization"}
+                         "linear_scalarization", "adamerging"}
+    assert rows["adamerging"]["kind"] == "solver"
     assert rows["linear"]["aliases"] == ["averaging"]
     assert rows["epo"]["kind"] == rows["chebyshev"]["kind"] == "trainer"
     assert rows["ties"]["plugin"] == "ties" and rows["ties"]["kind"] == "tensor"
