@@ -68,6 +68,8 @@ def build_cli(registry_factory: RegistryFactory = _default_registry) -> click.Gr
 
         Recipes are mergekit YAML plus prefkit's keys (task, preference, heads, output).
         """
+        if cache.get("plugins_dir") != plugins_dir:  # one CLI object, invoked again (tests)
+            cache.pop("registry", None)
         cache["plugins_dir"] = plugins_dir
         if offline:
             from prefkit.io.hub import offline_mode

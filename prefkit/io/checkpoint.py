@@ -246,12 +246,13 @@ def _count(value: Any) -> bool:
 
 def _check_layout(file: Path, metas: list[TensorMeta], data_start: int, size: int) -> None:
     """Byte ranges must follow each other without gaps or overlaps and end at the file's end."""
-    end = data_start
+    end, previous = data_start, None
     for meta in sorted(metas, key=lambda m: (m.offset, m.nbytes)):
         if meta.offset != end:
-            what = "overlaps another tensor" if meta.offset < end else "leaves a gap before it"
+            what = (f"its bytes overlap tensor {previous.name!r}" if meta.offset < end
+                    else f"{meta.offset - end} unused bytes before it")
             raise CheckpointError(f"{file}: tensor {meta.name!r}: corrupt header ({what})")
-        end += meta.nbytes
+        end, previous = end + meta.nbytes, meta
     if end > size:
         last = max(metas, key=lambda m: m.offset + m.nbytes)
         raise CheckpointError(f"{file}: tensor {last.name!r} lies past the end of the file "

@@ -85,7 +85,7 @@ class _Walk:
             raise self.fail(node, path, f"the recipe expands to more than {MAX_NODES} values",
                             "YAML aliases may not multiply its size")
         if len(path) > MAX_DEPTH:
-            raise self.fail(node, path, f"nested more than {MAX_DEPTH} levels deep")
+            raise self.fail(node, path[:1], f"nested more than {MAX_DEPTH} levels deep")
         self.marks.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
         if isinstance(node, yaml.ScalarNode):
             return self.construct(node, path)
@@ -123,8 +123,11 @@ class _Walk:
             return self.loader.construct_object(node, deep=True)
         except yaml.MarkedYAMLError:
             raise
-        except (ValueError, TypeError, OverflowError) as exc:  # e.g. a date such as 2024-13-45
-            raise self.fail(node, path, f"invalid value {node.value!r}: {exc}") from exc
+        except Exception as exc:  # PyYAML's safe constructors fail in several ways on bad
+            # scalars (2024-13-45 raises ValueError, an empty !!timestamp AttributeError)
+            detail = f": {exc}" if isinstance(exc, ValueError) else ""
+            kind = node.tag.rsplit(":", 1)[-1]
+            raise self.fail(node, path, f"invalid {kind} {node.value!r}{detail}") from exc
 
 
 def parse_yaml(text: str, where: str) -> tuple[Any, Marks]:
@@ -133,19 +136,26 @@ def parse_yaml(text: str, where: str) -> tuple[Any, Marks]:
     Only the safe subset is accepted: no Python (or other) tags on collections, no alias that
     refers to itself, a bounded size and depth.
     """
-    loader = yaml.SafeLoader(text)
-    walk = _Walk(loader, where)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # checks the characters first
+        walk = _Walk(loader, where)
         node = loader.get_single_node()
         data = {} if node is None else walk.value(node, ())
     except yaml.MarkedYAMLError as exc:
         raise _yaml_error(exc, where) from exc
+    except yaml.reader.ReaderError as exc:  # a control character, reported by offset
+        line = text.count("\n", 0, exc.position) + 1
+        col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        raise RecipeError(f"invalid YAML: character {chr(exc.character)!r} is not allowed",
+                          where=f"{where}:{line}:{col}") from exc
     except yaml.YAMLError as exc:
-        raise RecipeError(f"invalid YAML: {exc}", where=where) from exc
+        raise RecipeError(f"invalid YAML: {str(exc).splitlines()[0]}", where=where) from exc
     except RecursionError as exc:  # PyYAML composes nested collections recursively
         raise RecipeError("invalid YAML: nested too deeply", where=where) from exc
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, walk.marks
 
 
@@ -235,8 +245,9 @@ def _read_text(path: Path) -> str:
 
 
 def _from_pydantic(probe: LoadedRecipe, err: dict) -> RecipeError:
-    # pydantic puts union branch names (e.g. 'float', 'list[...]') into loc; keep real keys only.
-    loc = tuple(p for p in err["loc"] if isinstance(p, int) or not _is_type_tag(p))
+    loc = _data_loc(probe.data, err["loc"])
+    if err["type"] == "missing":  # the missing key itself is not in the data
+        loc = _data_loc(probe.data, err["loc"][:-1]) + err["loc"][-1:]
     message = err["msg"]
     if err["type"] == "extra_forbidden":
         message = "unknown key"
@@ -253,8 +264,19 @@ def _from_pydantic(probe: LoadedRecipe, err: dict) -> RecipeError:
     return probe.error(loc, message, hint)
 
 
-def _is_type_tag(part: str) -> bool:
-    return any(ch in part for ch in "[]()") or part in {"float", "int", "bool", "str"}
+def _data_loc(data: Any, loc: tuple) -> tuple:
+    """pydantic puts union branch names ('float', 'list[float]', ...) into `loc`; keep the parts
+    that are real keys or indices of the data."""
+    out = []
+    for part in loc:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            continue
+        out.append(part)
+    return tuple(out)
 
 
 def _yaml_type(value: Any) -> str:
@@ -265,6 +287,8 @@ def _yaml_type(value: Any) -> str:
 
 def _known_keys_hint(loc: tuple) -> str:
     """`did you mean 'task'? allowed here: ...` for an unknown key at `loc`."""
+    if not loc:
+        return "check the spelling"
     model: Any = Recipe
     for part in loc[:-1]:  # list indices and dict keys (e.g. a task's name) keep the model
         field = model.model_fields.get(part) if model is not None else None
