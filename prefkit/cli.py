@@ -263,10 +263,10 @@ def build_cli(registry_factory: RegistryFactory = _default_registry) -> click.Gr
         """Score a model folder per task; writes results.json beside it, prints it on stdout."""
         from prefkit.commands.evaluation import evaluate_and_report
         from prefkit.eval.evaluate import EvalSettings
-        from prefkit.io.checkpoint import refuse_pickle_only
+        from prefkit.io.checkpoint import Checkpoint
 
-        if not allow_pickle and Path(model).is_dir():
-            refuse_pickle_only(Path(model))
+        if Path(model).is_dir():  # damaged weights, or pickle ones not allowed: one error line
+            Checkpoint.open(Path(model), allow_pickle=allow_pickle)
 
         names = [t.strip() for t in task_names.split(",") if t.strip()] if task_names else None
         settings = EvalSettings(split, num_samples, batch_size, max_length, device, seed)

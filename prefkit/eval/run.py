@@ -14,6 +14,7 @@ from prefkit.api import Task
 from prefkit.errors import DataError
 from prefkit.eval.evaluate import EvalSettings, TaskHead, evaluate
 from prefkit.eval.labels import label_order
+from prefkit.io.outdir import write_atomic
 from prefkit.progress import Reporter
 from prefkit.registry import Registry
 
@@ -97,7 +98,7 @@ def evaluate_folder(model_dir: Path, heads: list[TaskHead], settings: EvalSettin
                      "max_length": settings.max_length, "seed": settings.seed},
         "tasks": scores,
     }
-    (model_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_atomic(model_dir / "results.json", json.dumps(results, indent=2) + "\n")
     return results
 
 

@@ -88,6 +88,17 @@ def recover_interrupted(out: Path) -> list[str]:
     return notes
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write a small file so that a crash leaves the old one or the new one, never half of one."""
+    tmp = path.parent / f".{path.name}.{TMP}-{os.getpid()}"
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_error(out: Path, exc: OSError) -> OutputError:
     """One line for a failed write: which output, why, what to do."""
     why = exc.strerror or str(exc)

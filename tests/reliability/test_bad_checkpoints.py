@@ -301,3 +301,13 @@ def test_eval_refuses_pickle_only_folder(cli, workdir):
         f"Error: {workdir / 'bad'}: holds only pickle weights (pytorch_model.bin) (pickle files "
         "can run code when loaded: convert the model to safetensors, or pass --allow-pickle if you "
         "trust it; it is then read with torch.load(weights_only=True))"]
+
+
+def test_eval_checks_the_model_headers_first(cli, workdir, bad):
+    _truncate(drop=100)(bad)
+    result = invoke(cli, "eval", bad, "--tasks", "imdb", "-q")
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        f"Error: {bad / SHARD}: tensor 'roberta.encoder.layer.1.output.dense.weight' lies past the "
+        "end of the file (truncated: 100 bytes missing)"]
+    assert not (bad / "results.json").exists()

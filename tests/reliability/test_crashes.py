@@ -169,3 +169,20 @@ def test_full_disk_is_one_clear_error(cli, workdir, reference):
     assert not (workdir / "out").exists() and leftovers(workdir) == []
     rerun = invoke(cli, *RUN)  # space again: it works
     assert rerun.exit_code == 0 and digest(workdir / "out") == reference
+
+
+def test_small_files_are_replaced_whole(tmp_path, monkeypatch):
+    """results.json (eval) is written beside and renamed: a failure keeps the old file."""
+    from prefkit.io.outdir import write_atomic
+
+    target = tmp_path / "results.json"
+    write_atomic(target, '{"old": true}\n')
+
+    def fail(self, other):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "replace", fail)
+    with pytest.raises(OSError, match="No space left"):
+        write_atomic(target, '{"new": true}\n')
+    assert target.read_text() == '{"old": true}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
