@@ -129,12 +129,17 @@ def _solve(plan, loaded, registry, reporter, force, max_shard_bytes, allow_nonfi
     from prefkit.errors import OutputError
     from prefkit.eval.run import inline_tasks
     from prefkit.executor import execute
+    from prefkit.io.outdir import check_replaceable, recover_interrupted
     from prefkit.moo import normalize_preference
     from prefkit.progress import RichReporter
 
-    if plan.output.exists() and not force:  # before minutes of learning, not after
+    for note in recover_interrupted(plan.output):  # the executor's output checks, before
+        reporter.note(note)                         # minutes of learning rather than after
+    if plan.output.exists() and not force:
         raise OutputError(f"output {plan.output} already exists",
                           hint="pass --force to replace it, or -o")
+    if plan.output.exists():
+        check_replaceable(plan.output)
     method = plan.method.method
     extra = inline_tasks(loaded.recipe.tasks)
     tasks = tuple(extra.get(m.task) or registry.task(m.task).task for m in plan.inputs)

@@ -169,10 +169,13 @@ def _hand_merge(setup, state, name, vectors, density):
     return base + sum(m["lambda"][group] * d for m, d in zip(state["models"], deltas))
 
 
-@pytest.mark.parametrize("train", [{"granularity": "layer"},
-                                   {"granularity": "task", "vectors": "ties", "density": 0.3}])
-def test_written_model_is_base_plus_lambda_times_task_vectors(tmp_path, tuned, train):
-    (tmp_path / "r.yaml").write_text(recipe_text(tuned, preference=(0.6, 0.4),
+@pytest.mark.parametrize("train, heads", [
+    ({"granularity": "layer"}, "per_task"),
+    ({"granularity": "task", "vectors": "ties", "density": 0.3}, "per_task"),
+    ({"granularity": "tensor"}, "padded"),
+])
+def test_written_model_is_base_plus_lambda_times_task_vectors(tmp_path, tuned, train, heads):
+    (tmp_path / "r.yaml").write_text(recipe_text(tuned, preference=(0.6, 0.4), heads=heads,
                                                  train={**train, "steps": 5}))
     result = _cli(["run", "-q", "r.yaml"])
     assert result.exit_code == 0, result.stderr
@@ -180,24 +183,31 @@ def test_written_model_is_base_plus_lambda_times_task_vectors(tmp_path, tuned, t
     state = json.loads((tmp_path / "out" / "adamerging.json").read_text())
     assert line["solver"]["file"] == "out/adamerging.json"
     shown = state["models"][0]["lambda"]
-    shown = shown if train["granularity"] == "layer" else shown["all"]
-    assert line["solver"]["lambda"]["sentiment"] == pytest.approx(shown, abs=1e-6)
+    if train["granularity"] == "tensor":
+        shown = sum(shown.values()) / len(shown)
+        assert line["solver"]["lambda_mean"]["sentiment"] == pytest.approx(shown, abs=1e-6)
+    else:
+        shown = shown if train["granularity"] == "layer" else shown["all"]
+        assert line["solver"]["lambda"]["sentiment"] == pytest.approx(shown, abs=1e-6)
     assert json.loads((tmp_path / "out" / "prefkit.json").read_text())["solver"]["steps"] == 5
     assert len(state["curve"]) == 2 and set(state["curve"][0]["entropy"]) == {"sentiment", "kind"}
     assert set(line["results"]) == {"sentiment", "kind"}
     merged = load_file(str(tmp_path / "out" / "model.safetensors"))
-    heads = [load_file(str(Path(tuned[t]) / "model.safetensors")) for t in ("sentiment", "kind")]
+    inputs = [load_file(str(Path(tuned[t]) / "model.safetensors")) for t in ("sentiment", "kind")]
     for name, tensor in merged.items():
         if name.startswith("classifier."):  # heads: the mean of the task heads
-            expected = (heads[0][name] + heads[1][name]) / 2
+            expected = (inputs[0][name] + inputs[1][name]) / 2
         elif tensor.is_floating_point():
             expected = _hand_merge(tuned, state, name, train.get("vectors", "plain"),
                                    train.get("density"))
         else:
             continue
         torch.testing.assert_close(tensor.double(), expected.double(), rtol=1e-5, atol=1e-6)
-    own = load_file(str(tmp_path / "out" / "heads" / "kind.safetensors"))
-    torch.testing.assert_close(own["classifier.weight"], heads[1]["classifier.weight"])
+    if heads == "per_task":  # each task's own head beside the body, for its evaluation
+        own = load_file(str(tmp_path / "out" / "heads" / "kind.safetensors"))
+        torch.testing.assert_close(own["classifier.weight"], inputs[1]["classifier.weight"])
+    else:
+        assert not (tmp_path / "out" / "heads").exists()
 
 
 def test_adapting_on_the_evaluated_split_is_refused(tmp_path, tuned):
