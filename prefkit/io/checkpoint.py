@@ -273,8 +273,9 @@ def read_bin_header(file: Path) -> list[TensorMeta]:
     if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise CheckpointError(f"{file}: not a state dict (tensor name → tensor)")
-    return [
-        TensorMeta(name, file, str(t.dtype).removeprefix("torch."), tuple(t.shape))
+    return [  # offset -1: read by name through torch; nbytes as in a safetensors file
+        TensorMeta(name, file, str(t.dtype).removeprefix("torch."), tuple(t.shape), -1,
+                   t.numel() * t.element_size())
         for name, t in state.items()
     ]
 
