@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo demo-data demo-sweep demo-train offline-merge test test-example test-all bench clean
+.PHONY: setup demo demo-data demo-sweep demo-train demo-adamerging offline-merge test test-example test-all bench clean
 
 setup: $(VENV)/.installed
 
@@ -43,6 +43,14 @@ demo-train: setup demo-data
 	$(BIN)/python -m prefkit.demo.zoo recipes/demo/zoo
 	$(BIN)/prefkit run recipes/demo/chebyshev_pref.yaml recipes/demo/epo_pref.yaml
 	$(BIN)/prefkit run recipes/demo/sweep_train.yaml
+
+# AdaMerging on the demo zoo (λ learned on the unlabeled validation texts), then beside task
+# arithmetic and TIES at two preferences (runs/demo_sweep_adamerging/report.md). Each AdaMerging
+# run is about 2.5 minutes of CPU on 2 cores, so not part of `make demo`.
+demo-adamerging: setup demo-data
+	$(BIN)/python -m prefkit.demo.zoo recipes/demo/zoo
+	$(BIN)/prefkit run recipes/demo/adamerging_pref.yaml --force
+	$(BIN)/prefkit run recipes/demo/adamerging_sweep.yaml
 
 # A merge of seeded toy checkpoints (no training, no data): seconds.
 offline-merge: setup
