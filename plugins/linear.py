@@ -34,6 +34,7 @@ class LinearMethod(TensorMethod):
     summary = "Weighted average of the models' weights (model soup)."
     reference_url = "https://arxiv.org/abs/2203.05482"
     base = "input"
+    elementwise = True  # each entry is merged on its own: large tensors may come in slabs
     Params = LinearParams
     ModelParams = WeightParams
 

@@ -32,6 +32,7 @@ class TaskArithmeticMethod(TensorMethod):
     name = "task_arithmetic"
     summary = "Base plus the weighted sum of task vectors, scaled by lambda."
     reference_url = "https://arxiv.org/abs/2212.04089"
+    elementwise = True  # each entry is merged on its own: large tensors may come in slabs
     Params = TaskArithmeticParams
     ModelParams = WeightParams
 

@@ -29,16 +29,13 @@ if TYPE_CHECKING:  # torch is imported inside the functions: the CLI starts with
 
 from prefkit.api import Params, Scan, TensorInfo, TensorMethod, hookimpl
 from prefkit.ops import (
+    CHUNK,
+    MagnitudeSelection,
     accumulator,
     agrees,
-    bin_of_kth_largest,
-    bits_to_float,
     chunks,
     elected_positive,
-    high_histogram,
     kth_largest_magnitude,
-    low_histogram,
-    magnitude_bits,
     scale_,
     task_vectors_,
     threshold_mask,
@@ -72,6 +69,7 @@ class GlobalThresholds:
 
 class TiesMethod(TensorMethod):
     name = "ties"
+    elementwise = True  # after the cut-offs (prepare_tensor) every entry is merged on its own
     summary = "TIES: trim task vectors to top-k, elect signs, average the agreeing entries."
     reference_url = "https://arxiv.org/abs/2306.01708"
     Params = TiesParams
@@ -92,48 +90,45 @@ class TiesMethod(TensorMethod):
                 )
 
     def prepare(self, scan: Scan, params: TiesParams) -> GlobalThresholds | None:
-        import torch
-
         if params.trim != "global":
             return None
-        high: list[torch.Tensor] = []
-        counts: list[int] = []
+        selections: list[MagnitudeSelection] = []
         densities: list[float] = []
         for item in scan():  # round 1: high-bit histograms of every |τ_i|
-            if not high:
-                high = [torch.zeros(1 << 15, dtype=torch.int64) for _ in item.tensors]
-                counts = [0] * len(item.tensors)
+            if not selections:
+                selections = [MagnitudeSelection() for _ in item.tensors]
                 densities = [mp.density for mp in item.model_params]
-            for i, tensor in enumerate(item.tensors):
-                delta = tensor.sub_(item.base).reshape(-1)
-                for part in chunks(delta.numel()):
-                    high[i] += high_histogram(magnitude_bits(delta[part]))
-                counts[i] += delta.numel()
-        ks = [_keep_count(d, n) for d, n in zip(densities, counts)]
-        bins = [bin_of_kth_largest(h, k) if k else None for h, k in zip(high, ks)]
-        low = [torch.zeros(1 << 16, dtype=torch.int64) for _ in ks]
-        if any(bins):
-            for item in scan():  # round 2: low bits inside the bin that holds the k-th largest
-                for i, tensor in enumerate(item.tensors):
-                    if bins[i] is None:
-                        continue
-                    delta = tensor.sub_(item.base).reshape(-1)
-                    for part in chunks(delta.numel()):
-                        low[i] += low_histogram(magnitude_bits(delta[part]), bins[i][0])
-        state = GlobalThresholds([], [])
-        for k, found, histogram in zip(ks, bins, low):
-            if k is None:  # density 1: keep everything
-                state.thresholds.append(None)
-                state.ties_left.append(0)
-            elif k == 0:  # density 0: keep nothing
-                state.thresholds.append(float("inf"))
-                state.ties_left.append(0)
-            else:
-                high_bin, above = found
-                low_bits, greater = bin_of_kth_largest(histogram, k, above)
-                state.thresholds.append(bits_to_float((high_bin << 16) | low_bits))
-                state.ties_left.append(k - greater)
-        return state
+            for selection, tensor in zip(selections, item.tensors):
+                selection.add(tensor.sub_(item.base))
+        ks = [_keep_count(d, s.count) for d, s in zip(densities, selections)]
+        cuts = _select(selections, ks, lambda: ((item.tensors, item.base) for item in scan()))
+        return GlobalThresholds([c and c.threshold for c in cuts], [c.ties if c else 0 for c in cuts])
+
+    def prepare_tensor(self, scan: Scan, *, params: TiesParams,
+                       model_params: Sequence[TiesModelParams], info: TensorInfo) -> _Slabbed | None:
+        """A tensor merged in slabs: the cut-offs of the whole tensor (per-tensor trimming: two
+        histogram passes over its slabs) and, with `rescale`, the L1 norms (one more pass)."""
+        if params.trim == "global":
+            if not params.rescale:
+                return None  # the global cut-offs need nothing from this tensor
+            cuts = [None if t is None else _Cut(t, left)
+                    for t, left in zip(info.state.thresholds, info.state.ties_left)]
+        else:
+            selections = [MagnitudeSelection() for _ in model_params]
+            for item in scan():
+                for selection, tensor in zip(selections, item.tensors):
+                    selection.add(tensor.sub_(item.base))
+            ks = [_keep_count(mp.density, s.count) for mp, s in zip(model_params, selections)]
+            cuts = _select(selections, ks, lambda: ((item.tensors, item.base) for item in scan()))
+        ratios = [None] * len(cuts)
+        if params.rescale:
+            norms = [_L1(cut) for cut in cuts]
+            for item in scan():
+                dtype = item.base.dtype
+                for norm, tensor in zip(norms, item.tensors):
+                    norm.add(tensor.sub_(item.base))
+            ratios = [norm.ratio(dtype) for norm in norms]
+        return _Slabbed(cuts, ratios)
 
     def merge(
         self,
@@ -147,9 +142,15 @@ class TiesMethod(TensorMethod):
         # Task vectors in place in the owned input buffers; after the per-model cut-offs are
         # known, everything is elementwise, so it runs chunk by chunk and the result is written
         # over the first input's buffer: peak memory stays at the inputs plus a few chunks.
-        deltas = [t.reshape(-1) for t in task_vectors_(tensors, base)]
-        cuts = [self._cut(d, i, mp, params, info) for i, (d, mp) in enumerate(zip(deltas, model_params))]
-        ratios = [_rescale_ratio(d, cut) if params.rescale else None for d, cut in zip(deltas, cuts)]
+        tensor_vectors = task_vectors_(tensors, base)
+        if info.tensor_state is not None:  # a slab: cut-offs (and their ties) span the tensor
+            cuts, ratios = info.tensor_state.cuts, info.tensor_state.ratios
+        else:
+            cuts = [self._cut(d, i, mp, params, info)
+                    for i, (d, mp) in enumerate(zip(tensor_vectors, model_params))]
+            ratios = [_L1.of(d, cut) if params.rescale else None
+                      for d, cut in zip(tensor_vectors, cuts)]
+        deltas = [d.reshape(-1) for d in tensor_vectors]
         flat_base, out = base.reshape(-1), deltas[0]
         for part in chunks(out.numel()):
             parts = [d[part] for d in deltas]
@@ -214,21 +215,77 @@ class _Cut:
         return mask
 
 
-def _rescale_ratio(delta: torch.Tensor, cut: _Cut | None, eps: float = 1e-7) -> torch.Tensor | None:
-    """mergekit's `rescale`: ‖τ‖₁ / ‖trim(τ)‖₁ (1 when either is below eps), chunk by chunk."""
-    import torch
+@dataclass
+class _Slabbed:
+    """What `prepare_tensor` found for a tensor merged in slabs: per model, the cut (its ties
+    budget is spent slab by slab, in row order) and the rescale ratio."""
 
-    if cut is None:
-        return None
-    probe = _Cut(cut.threshold, cut.ties)
-    before = after = 0.0
-    for part in chunks(delta.numel()):
-        mag = delta[part].abs()
-        before += float(mag.sum(dtype=torch.float64))
-        after += float((mag * probe.mask(delta[part])).sum(dtype=torch.float64))
-    if before < eps or after < eps:
-        return None
-    return torch.tensor(before / after, dtype=delta.dtype)
+    cuts: list[_Cut | None]
+    ratios: list[torch.Tensor | None]
+
+
+class _L1:
+    """mergekit's `rescale` ratio ‖τ‖₁ / ‖trim(τ)‖₁ (None when either is below eps).
+
+    Summed the same way whether the tensor comes whole or in slabs, so both give the same bits:
+    each row (first dimension) in float64 with numpy's pairwise sum, rows added in order.
+    """
+
+    def __init__(self, cut: _Cut | None):
+        self.probe = None if cut is None else _Cut(cut.threshold, cut.ties)  # its own ties budget
+        self.before = self.after = 0.0
+
+    @classmethod
+    def of(cls, delta: torch.Tensor, cut: _Cut | None) -> torch.Tensor | None:
+        norm = cls(cut)
+        norm.add(delta)
+        return norm.ratio(delta.dtype)
+
+    def add(self, delta: torch.Tensor) -> None:
+        if self.probe is None:
+            return
+        rows = delta.reshape(delta.shape[0] if delta.dim() else 1, -1)
+        for part in _row_chunks(rows):
+            mag = part.abs()
+            self.before = _add_rows(self.before, mag)
+            self.after = _add_rows(self.after, mag.mul_(self.probe.mask(part)))
+
+    def ratio(self, dtype, eps: float = 1e-7) -> torch.Tensor | None:
+        import torch
+
+        if self.probe is None or self.before < eps or self.after < eps:
+            return None
+        return torch.tensor(self.before / self.after, dtype=dtype)
+
+
+def _row_chunks(rows: torch.Tensor):
+    step = max(1, CHUNK // max(1, rows.shape[1]))
+    for start in range(0, rows.shape[0], step):
+        yield rows[start:start + step]
+
+
+def _add_rows(total: float, mag: torch.Tensor) -> float:
+    """`total` plus each row's float64 sum, in row order (deterministic: numpy, one thread)."""
+    import numpy as np
+
+    sums = mag.double().cpu().numpy().sum(axis=1)
+    return float(np.cumsum(np.concatenate([[total], sums]))[-1])
+
+
+def _select(selections: list[MagnitudeSelection], ks: list[int | None], rescan) -> list[_Cut | None]:
+    """Each model's cut from round-1 selections and keep counts (None: keep all); `rescan()`
+    yields (tensors, base) again for round 2, which runs only if some model needs it."""
+    cuts: list[_Cut | None] = [None if k is None else _Cut(float("inf"), 0) for k in ks]
+    todo = [i for i, k in enumerate(ks) if k]
+    again = [i for i in todo if selections[i].choose(ks[i])]
+    if again:
+        for tensors, base in rescan():
+            for i in again:
+                selections[i].add(tensors[i].sub_(base))
+    for i in todo:
+        threshold, greater, _ = selections[i].result()
+        cuts[i] = _Cut(threshold, ks[i] - greater)
+    return cuts
 
 
 def _keep_count(density: float, n: int) -> int | None:

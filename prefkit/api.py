@@ -60,6 +60,9 @@ class TensorInfo:
             layer / (num_layers - 1); 0 for tensors outside the layers).
         models: the labels of the input models, in recipe order.
         state: what the method's `prepare` returned (None when it has no pre-pass).
+        rows: for an `elementwise` method merging a large tensor in slabs, the rows
+            ``(start, stop)`` of the first dimension this call gets; None: the whole tensor.
+        tensor_state: what `prepare_tensor` returned for this tensor (slabs only), else None.
     """
 
     name: str
@@ -67,6 +70,8 @@ class TensorInfo:
     t: float
     models: tuple[str, ...]
     state: Any = None
+    rows: tuple[int, int] | None = None
+    tensor_state: Any = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,16 @@ class TensorMethod(abc.ABC):
         Params: parameters shared by all models (top-level `parameters:` only).
         ModelParams: parameters with a value per model (per-model `parameters:` or top level).
         param_aliases: accepted alternative parameter names, mapped to the canonical ones.
+        elementwise: opt in to slab merging (see below); False: `merge` always gets whole tensors.
+
+    Slabs (constant memory): when `elementwise` is True, the executor may cut a tensor whose
+    inputs outgrow its memory budget (e.g. a 50265×768 embedding) into slabs of consecutive rows
+    and call `merge` once per slab, in row order, with `info.rows` set; the written result must
+    equal the whole tensor's merge. A method whose result at an entry depends only on the inputs
+    at that entry qualifies at once. One that needs a statistic of the whole tensor (TIES's
+    per-tensor top-k) computes it in `prepare_tensor`, which is called before the first slab.
+    Buffers are then reused: slab tensors (and `prepare`'s scan items) are valid only until
+    the call returns (or the next item is requested).
     """
 
     kind: ClassVar[str] = "tensor"
@@ -106,13 +121,26 @@ class TensorMethod(abc.ABC):
     Params: ClassVar[type[Params]] = NoParams
     ModelParams: ClassVar[type[Params]] = NoParams
     param_aliases: ClassVar[dict[str, str]] = {}
+    elementwise: ClassVar[bool] = False
 
     def prepare(self, scan: Scan, params: Params) -> Any:
         """Optional pre-pass over every tensor group before the merge (e.g. global TIES trimming).
 
         `scan()` re-reads the inputs and yields one `ScanItem` per tensor, in plan order; nothing
         is kept in memory unless the method keeps it. Whatever this returns reaches `merge` as
-        `info.state`. The default needs no pre-pass.
+        `info.state`. The default needs no pre-pass. For an `elementwise` method the scan yields
+        a large tensor as several slabs of rows, in order (`info.rows` says which).
+        """
+        return None
+
+    def prepare_tensor(self, scan: Scan, *, params: Params, model_params: Sequence[Params],
+                       info: TensorInfo) -> Any:
+        """Optional pre-pass over one tensor that an `elementwise` method merges in slabs.
+
+        Called before the tensor's first slab is merged; `scan()` re-reads the tensor's slabs
+        (one `ScanItem` each, in row order, fresh buffers every time: they may be modified).
+        Whatever this returns reaches every slab's `merge` as `info.tensor_state`. The default
+        needs none; it is not called for tensors merged whole.
         """
         return None
 

@@ -1,9 +1,11 @@
-"""The streaming executor: one tensor group in memory at a time, output bytes straight to disk.
+"""The streaming executor: a slab of one tensor group in memory at a time, output straight to disk.
 
-For each planned tensor: read its inputs into fresh buffers, cast to the compute dtype, zero-pad heads,
-call the method's `merge`, cast to the output dtype and append to the open shard. The next group is
-read on a background thread while the current one is merged. Output goes to a temporary sibling
-folder that is renamed into place only when complete, so a failure leaves nothing behind.
+For each planned tensor: read its inputs (cast to the compute dtype, heads zero-padded), call the
+method's `merge`, cast to the output dtype and append to the open shard. A method that declares
+itself `elementwise` gets large tensors in slabs of rows and reused buffers (`prefkit.slabs`), so
+memory stays constant as models grow. The next slab is read on a background thread while the
+current one is merged. Output goes to a temporary sibling folder that is renamed into place only
+when complete, so a failure leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -11,16 +13,15 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
 
 import prefkit
-from prefkit.api import ScanItem
+from prefkit.api import ScanItem, TensorInfo
 from prefkit.errors import MergeError, OutputError, PrefkitError
-from prefkit.io.checkpoint import TensorMeta, TensorReader
+from prefkit.io.checkpoint import TensorReader
 from prefkit.io.hub import TOKENIZER_FILES
 from prefkit.io.outdir import (
     check_replaceable,
@@ -30,8 +31,9 @@ from prefkit.io.outdir import (
     write_error,
 )
 from prefkit.io.writer import OutTensor, ShardWriter, plan_shards
-from prefkit.plan import Plan, TensorPlan, fingerprint
+from prefkit.plan import Plan, fingerprint
 from prefkit.progress import NullReporter, Reporter
+from prefkit.slabs import DEFAULT_BUDGET, Prefetcher, Slab, SlabLoader, group_bytes, slabs_of
 
 DEFAULT_SHARD_BYTES = 5 * 1000**3
 
@@ -44,52 +46,19 @@ class RunResult:
     seconds: float
 
 
-def _torch_dtype(name: str):
-    import torch
-
-    return getattr(torch, name)
-
-
-class _Loader:
-    """Reads a tensor group: inputs and base in the compute dtype, heads zero-padded.
-
-    `uses_base`: the method takes a base (a tensor the base lacks, e.g. a classifier head, is
-    then zeros); otherwise the base is not read at all.
-    """
-
-    def __init__(self, uses_base: bool, allow_nonfinite: bool = False):
-        self.reader = TensorReader(check_finite=not allow_nonfinite)
-        self.uses_base = uses_base
-
-    def _read(self, meta: TensorMeta | None, plan: TensorPlan):
-        import torch
-
-        dtype = _torch_dtype(plan.compute_dtype)
-        if meta is None:
-            return torch.zeros(plan.shape, dtype=dtype)
-        tensor = self.reader.read(meta)
-        if tensor.dtype != dtype:
-            tensor = tensor.to(dtype)
-        if tuple(tensor.shape) != plan.shape:
-            padded = torch.zeros(plan.shape, dtype=dtype)
-            padded[tuple(slice(0, d) for d in tensor.shape)] = tensor
-            tensor = padded
-        return tensor
-
-    def load(self, plan: TensorPlan):
-        if plan.copy:
-            return [self.reader.read(plan.base or plan.sources[0])], None
-        tensors = [self._read(meta, plan) for meta in plan.sources]
-        base = self._read(plan.base, plan) if self.uses_base else None
-        return tensors, base
-
-
 def execute(plan: Plan, *, reporter: Reporter | None = None, force: bool = False,
-            max_shard_bytes: int = DEFAULT_SHARD_BYTES, allow_nonfinite: bool = False, state=None,
-            files=None) -> RunResult:
-    """Run a Plan and write its output folder. An input tensor holding NaN/Inf is an error unless
+            max_shard_bytes: int = DEFAULT_SHARD_BYTES, weights=None, task_heads=None,
+            provenance=None, allow_nonfinite: bool = False, state=None, files=None,
+            threads: int | None = None, device: str = "cpu") -> RunResult:
+    """Run a Plan and write its output folder.
+
+    Trainer and solver methods pass `weights` (tensor name → tensor, e.g. a trained model) to be
+    written instead of merged, `task_heads` (task → head tensors) for `heads: per_task`, and
+    `provenance` (merged into prefkit.json). An input tensor holding NaN/Inf is an error unless
     `allow_nonfinite`. Solver methods pass their learned `state` (it reaches `merge` as
     `info.state`; `prepare` is not called) and `files` (name → text, written into the output).
+    `threads`: torch's intra-op threads and parallel input reads (None: all cores, torch's
+    default). `device`: where the arithmetic runs ("cpu", or "cuda" with pinned host buffers).
 
     Raises:
         OutputError: the output exists and `force` is false, or cannot be written (disk full).
@@ -109,9 +78,10 @@ def execute(plan: Plan, *, reporter: Reporter | None = None, force: bool = False
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        total = _write_tensors(plan, tmp, reporter, max_shard_bytes, allow_nonfinite, state)
+        total = _write_tensors(plan, tmp, reporter, max_shard_bytes, weights, allow_nonfinite,
+                               state, threads, device)
         seconds = time.perf_counter() - started
-        _write_side_files(plan, tmp, seconds)
+        _write_side_files(plan, tmp, seconds, task_heads, provenance)
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
         replace_folder(tmp, out)
@@ -127,7 +97,8 @@ def execute(plan: Plan, *, reporter: Reporter | None = None, force: bool = False
 
 
 def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes: int,
-                   allow_nonfinite: bool = False, state=None) -> int:
+                   weights=None, allow_nonfinite: bool = False, state=None, threads=None,
+                   device: str = "cpu") -> int:
     outs = [OutTensor(p.name, p.out_dtype, p.shape) for p in plan.tensors]
     shards = plan_shards(outs, max_shard_bytes)
     writer = ShardWriter(folder, shards, {
@@ -136,54 +107,86 @@ def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes
     })
     method = plan.method.method
     uses_base = plan.base is not None and method.base == "required"
-    loader = _Loader(uses_base, allow_nonfinite)
-    if state is None:
-        state = method.prepare(lambda: _scan(plan, _Loader(uses_base, allow_nonfinite)),
-                               plan.shared_params)
+    inputs = len(plan.inputs) + uses_base
+    split = weights is None and getattr(method, "elementwise", False)
+    io_threads = min(resolve_threads(threads), inputs)
+    loader = SlabLoader(uses_base, allow_nonfinite=allow_nonfinite, pooled=split, device=device,
+                        io_threads=io_threads)
+    units = [s for tp in plan.tensors for s in slabs_of(tp, inputs, DEFAULT_BUDGET, split)]
+    # Reading the next slab overlaps merging this one, unless the two together would outgrow
+    # both two slab budgets and the largest single group (an unsplit tensor is read alone).
+    limit = max([2 * DEFAULT_BUDGET, *(group_bytes(u.plan, inputs, _rows(u)) for u in units)])
+
+    def overlap(a: Slab, b: Slab) -> bool:
+        return group_bytes(a.plan, inputs, _rows(a)) + group_bytes(b.plan, inputs, _rows(b)) <= limit
+
+    reads = Prefetcher(_Given(weights, loader).load if weights is not None else loader.load, overlap)
     total = sum(o.nbytes for o in outs)
-    reporter.start(len(outs), total, f"{method.name} → {plan.output}")
     try:
-        # Reading the next group overlaps merging this one, unless the two together would
-        # outgrow the largest single group: peak memory stays that of the largest group.
-        sizes = [_group_bytes(tp, uses_base) for tp in plan.tensors]
-        limit = max(sizes, default=0)
-        n = len(plan.tensors)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefkit-read") as pool:
-            pending = pool.submit(loader.load, plan.tensors[0]) if plan.tensors else None
-            for i, tp in enumerate(plan.tensors):
-                tensors, base = pending.result()
-                overlap = i + 1 < n and sizes[i] + sizes[i + 1] <= limit
-                if overlap:
-                    pending = pool.submit(loader.load, plan.tensors[i + 1])
-                if tp.copy:
-                    result = tensors[0]
-                else:
-                    result = _merge_one(plan, tp, tensors, base, state)
-                    result = result.to(_torch_dtype(tp.out_dtype))
-                writer.write(tp.name, result)
-                reporter.advance(tp.name, outs[i].nbytes)
-                del tensors, base, result
-                if i + 1 < n and not overlap:
-                    pending = pool.submit(loader.load, plan.tensors[i + 1])
+        if weights is None and state is None:
+            state = method.prepare(lambda: _scan(plan, units, reads, None), plan.shared_params)
+        reporter.start(len(outs), total, f"{method.name} → {plan.output}")
+        tensor_state = None
+        for i, slab in enumerate(units):
+            tp = slab.plan
+            if slab.count > 1 and slab.index == 0:
+                tensor_state = _prepare_tensor(plan, units[i:i + slab.count], reads, state)
+            tensors, base = reads.get(slab, units[i + 1] if i + 1 < len(units) else None)
+            if tp.copy or weights is not None:
+                result = tensors[0]
+            else:
+                result = _merge_one(plan, slab, tensors, base, slab.info(state, tensor_state))
+            writer.write(tp.name, loader.output(result, tp.out_dtype))
+            del tensors, base, result
+            if slab.last:
+                reporter.advance(tp.name, OutTensor(tp.name, tp.out_dtype, tp.shape).nbytes)
+                tensor_state = None
         writer.close()
     except BaseException:
         writer.abort()
         raise
     finally:
-        loader.reader.close()
+        reads.close()
+        loader.close()
     return total
 
 
-def _group_bytes(tp: TensorPlan, uses_base: bool) -> int:
-    count = len(tp.sources) + (1 if uses_base and not tp.copy else 0)
-    return count * OutTensor(tp.name, tp.compute_dtype, tp.shape).nbytes
+def resolve_threads(threads: int | None) -> int:
+    """Apply `threads` to torch's intra-op pool (None: torch's default, one per core); the
+    number of threads in use."""
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
-def _merge_one(plan: Plan, tp: TensorPlan, tensors, base, state):
-    from dataclasses import replace
+def _rows(slab: Slab) -> int | None:
+    return None if slab.rows is None else slab.rows[1] - slab.rows[0]
 
+
+class _Given:
+    """Serves given tensors (a trained model) in place of reading and merging inputs."""
+
+    def __init__(self, weights, loader: SlabLoader):
+        self.weights, self._copy = weights, loader
+
+    def load(self, slab: Slab, slot: int = 0):
+        plan = slab.plan
+        if plan.copy:
+            return self._copy.load(slab, slot)
+        if plan.name not in self.weights:
+            raise MergeError(f"no value was given for tensor {plan.name!r}")
+        value = self.weights[plan.name]
+        if tuple(value.shape) != plan.shape:
+            raise MergeError(f"tensor {plan.name!r} has shape {list(value.shape)}, "
+                             f"expected {list(plan.shape)}")
+        return [value], None
+
+
+def _merge_one(plan: Plan, slab: Slab, tensors, base, info: TensorInfo):
     method = plan.method.method
-    info = replace(tp.info, state=state) if state is not None else tp.info
+    tp = slab.plan
     try:
         result = method.merge(tensors, base=base, params=tp.params, model_params=tp.model_params,
                               info=info)
@@ -195,25 +198,32 @@ def _merge_one(plan: Plan, tp: TensorPlan, tensors, base, state):
             f"{tp.name!r}: {type(exc).__name__}: {exc}",
             hint="run with --traceback for details; report it to the plugin's authors",
         ) from exc
-    if tuple(result.shape) != tp.shape:
+    if tuple(result.shape) != slab.shape:
         raise MergeError(f"method {method.name!r} returned shape {list(result.shape)} for tensor "
-                         f"{tp.name!r}, expected {list(tp.shape)}")
+                         f"{tp.name!r}, expected {list(slab.shape)}")
     return result
 
 
-def _scan(plan: Plan, loader: _Loader):
-    """Yield every mergeable tensor group for a method's pre-pass, re-reading the inputs."""
-    try:
-        for tp in plan.tensors:
-            if tp.copy:
-                continue
-            tensors, base = loader.load(tp)
-            yield ScanItem(tp.info, tensors, base, tp.model_params)
-    finally:
-        loader.reader.close()
+def _prepare_tensor(plan: Plan, slabs: list[Slab], reads: Prefetcher, state):
+    """The method's per-tensor pre-pass over a tensor merged in slabs (TIES per-tensor top-k)."""
+    tp = slabs[0].plan
+    return plan.method.method.prepare_tensor(
+        lambda: _scan(plan, slabs, reads, state, then=slabs[0]), params=tp.params,
+        model_params=tp.model_params, info=replace(tp.info, state=state))
 
 
-def _write_side_files(plan: Plan, folder: Path, seconds: float) -> None:
+def _scan(plan: Plan, units: list[Slab], reads: Prefetcher, state, then: Slab | None = None):
+    """Yield every mergeable slab of `units` for a method's pre-pass, re-reading the inputs; the
+    read after the last one is `then` (default: the first unit, which comes next)."""
+    mergeable = [u for u in units if not u.plan.copy]
+    after = then or (mergeable[0] if mergeable else None)
+    for i, slab in enumerate(mergeable):
+        tensors, base = reads.get(slab, mergeable[i + 1] if i + 1 < len(mergeable) else after)
+        yield ScanItem(slab.info(state), tensors, base, slab.plan.model_params)
+
+
+def _write_side_files(plan: Plan, folder: Path, seconds: float, task_heads=None,
+                      extra=None) -> None:
     if plan.out_config is not None:
         (folder / "config.json").write_text(json.dumps(plan.out_config, indent=2, sort_keys=True) + "\n")
     if plan.tokenizer_source is not None:
@@ -239,9 +249,12 @@ def _write_side_files(plan: Plan, folder: Path, seconds: float) -> None:
         "preference": plan.loaded.recipe.preference,
         "notes": list(plan.notes),
         "timings": {"merge_seconds": round(seconds, 3)},
+        **(extra or {}),
     }
     (folder / "prefkit.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    if plan.loaded.recipe.heads == "per_task":
+    if task_heads is not None:
+        _save_task_heads(task_heads, folder / "heads")
+    elif plan.loaded.recipe.heads == "per_task":
         _write_task_heads(plan, folder / "heads")
 
 
@@ -262,3 +275,10 @@ def _write_task_heads(plan: Plan, folder: Path) -> None:
     finally:
         reader.close()
 
+
+def _save_task_heads(task_heads, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    for task, tensors in sorted(task_heads.items()):
+        save_file({n: t.contiguous() for n, t in tensors.items()}, str(folder / f"{task}.safetensors"))

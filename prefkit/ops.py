@@ -72,19 +72,78 @@ def chunks(n: int, size: int = CHUNK):
         yield slice(start, min(n, start + size))
 
 
+class MagnitudeSelection:
+    """Exact k-th largest |x| of values that arrive in pieces (chunks, slabs, whole tensors).
+
+    A two-round radix select on float32 bit patterns (for non-negative floats, integer order is
+    value order), so nothing is sorted and no piece is kept: round 1 (`add` before `choose`)
+    counts the 2^15 high-bit bins; `choose(k)` finds the bin holding the k-th largest; round 2
+    (`add` again, the same values in any order) counts the 2^16 low-bit values inside that bin.
+    Up to `SMALL` values are simply kept and selected directly, with no second round (a
+    histogram costs more than a sort of a LayerNorm's 768 values).
+    """
+
+    SMALL = 1 << 16
+
+    def __init__(self) -> None:
+        self.count = 0  # values seen in round 1
+        self._kept: list[torch.Tensor] | None = []  # bit patterns while count <= SMALL
+        self._high: torch.Tensor | None = None
+        self._low: torch.Tensor | None = None
+        self._bin: tuple[int, int] | None = None  # (high bin, entries above it)
+        self._found: tuple[float, int, int] | None = None
+
+    def add(self, values: torch.Tensor) -> None:
+        flat = values.reshape(-1)
+        if self._bin is None and self._found is None:  # round 1
+            self.count += flat.numel()
+            if self._kept is not None and self.count <= self.SMALL:
+                self._kept.append(magnitude_bits(flat).clone())
+                return
+            for bits in [*(self._kept or ()), *(magnitude_bits(flat[p]) for p in chunks(flat.numel()))]:
+                self._high = _add(self._high, high_histogram(bits))
+            self._kept = None
+        elif self._bin is not None:  # round 2
+            for part in chunks(flat.numel()):
+                self._low = _add(self._low, low_histogram(magnitude_bits(flat[part]), self._bin[0]))
+
+    def choose(self, k: int) -> bool:
+        """End round 1: the k-th largest (1 ≤ k ≤ count) is wanted. True when a second round
+        over the same values is needed (else `add` ignores them)."""
+        self._k = k
+        if self._kept is not None:  # few values: select directly
+            bits = torch.cat(self._kept)
+            pattern = int(torch.kthvalue(bits.cpu(), bits.numel() - k + 1).values)
+            greater, equal = int((bits > pattern).sum()), int((bits == pattern).sum())
+            self._found = (bits_to_float(pattern), greater, equal)
+            return False
+        self._bin = bin_of_kth_largest(self._high, k)
+        return True
+
+    def result(self) -> tuple[float, int, int]:
+        """After the last round: the k-th largest |x|, how many entries are strictly greater,
+        and how many equal it."""
+        if self._found is None:
+            high_bin, above = self._bin
+            low = self._low if self._low is not None else torch.zeros(1 << 16, dtype=torch.int64)
+            low_bits, greater = bin_of_kth_largest(low, self._k, above)
+            self._found = (bits_to_float((high_bin << 16) | low_bits), greater, int(low[low_bits]))
+        return self._found
+
+
+def _add(total: torch.Tensor | None, counts: torch.Tensor) -> torch.Tensor:
+    return counts if total is None else total.add_(counts)
+
+
 def kth_largest_magnitude(delta: torch.Tensor, k: int) -> tuple[float, int]:
-    """Exact k-th largest |δ| by a two-round radix select, chunk by chunk (no sort, no full-size
+    """Exact k-th largest |δ| (1 ≤ k ≤ numel) by `MagnitudeSelection` (no sort, no full-size
     temporaries), and the number of entries strictly above it."""
-    flat = delta.reshape(-1)
-    high = torch.zeros(1 << 15, dtype=torch.int64)
-    for part in chunks(flat.numel()):
-        high += high_histogram(magnitude_bits(flat[part]))
-    high_bin, above = bin_of_kth_largest(high, k)
-    low = torch.zeros(1 << 16, dtype=torch.int64)
-    for part in chunks(flat.numel()):
-        low += low_histogram(magnitude_bits(flat[part]), high_bin)
-    low_bits, greater = bin_of_kth_largest(low, k, above)
-    return bits_to_float((high_bin << 16) | low_bits), greater
+    selection = MagnitudeSelection()
+    selection.add(delta)
+    if selection.choose(k):
+        selection.add(delta)
+    threshold, greater, _ = selection.result()
+    return threshold, greater
 
 
 def topk_mask(delta: torch.Tensor, k: int) -> torch.Tensor:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -289,15 +290,27 @@ class TensorReader:
 
     def __init__(self, check_finite: bool = True) -> None:
         self._handles: dict[Path, Any] = {}
+        self._opening = threading.Lock()  # reads may come from several threads
         self.check_finite = check_finite
 
-    def read(self, meta: TensorMeta):
+    def read(self, meta: TensorMeta, rows: tuple[int, int] | None = None, out=None):
+        """The tensor, or only `rows` = (start, stop) of its first dimension (consecutive rows are
+        consecutive bytes: one positioned read).
+
+        `out`: a uint8 buffer of at least the bytes read, which the caller reuses from call to
+        call (no fresh pages to fault in); the result is a view of it. Default: a fresh buffer.
+        """
         handle = self._handles.get(meta.file)
         if handle is None:
-            handle = self._open(meta.file)
-            self._handles[meta.file] = handle
+            with self._opening:
+                handle = self._handles.get(meta.file) or self._open(meta.file)
+                self._handles[meta.file] = handle
         try:
-            tensor = handle[meta.name].clone() if is_pickle(meta.file) else _read_at(handle, meta)
+            if is_pickle(meta.file):
+                tensor = _rows_of(handle[meta.name], rows)
+                tensor = _into(out, tensor) if out is not None else tensor.clone()
+            else:
+                tensor = _read_at(handle, meta, rows, out)
         except CheckpointError:
             raise
         except Exception as exc:
@@ -341,17 +354,32 @@ def _check_finite(tensor, meta: TensorMeta) -> None:
             "merge it anyway")
 
 
-def _read_at(fh, meta: TensorMeta):
+def _rows_of(tensor, rows: tuple[int, int] | None):
+    return tensor if rows is None else tensor[rows[0]:rows[1]]
+
+
+def _into(out, tensor):
+    """Copy `tensor` into the front of the uint8 buffer `out`; returns the view."""
+    view = out[:tensor.numel() * tensor.element_size()].view(tensor.dtype).view(tensor.shape)
+    return view.copy_(tensor)
+
+
+def _read_at(fh, meta: TensorMeta, rows: tuple[int, int] | None = None, out=None):
     import torch
 
-    buffer = torch.empty(meta.nbytes, dtype=torch.uint8)
+    shape, offset, nbytes = meta.shape, meta.offset, meta.nbytes
+    if rows is not None:
+        row_bytes = meta.nbytes // shape[0] if shape[0] else 0
+        shape = (rows[1] - rows[0], *shape[1:])
+        offset, nbytes = offset + rows[0] * row_bytes, (rows[1] - rows[0]) * row_bytes
+    buffer = torch.empty(nbytes, dtype=torch.uint8) if out is None else out[:nbytes]
     view = memoryview(buffer.numpy())
     done = 0
-    while done < meta.nbytes:
-        got = os.preadv(fh.fileno(), [view[done:]], meta.offset + done)
+    while done < nbytes:
+        got = os.preadv(fh.fileno(), [view[done:]], offset + done)
         if got <= 0:
             raise CheckpointError(f"{meta.file}: tensor {meta.name!r} is truncated "
                                   "(the file shrank after it was indexed)")
         done += got
     dtype = getattr(torch, meta.dtype)
-    return buffer.view(dtype).reshape(meta.shape)
+    return buffer.view(dtype).reshape(shape)

@@ -63,6 +63,7 @@ class ShardWriter:
         self.metadata = metadata
         self._order = [(i, t) for i, shard in enumerate(shards) for t in shard]
         self._next = 0
+        self._rows = 0  # rows of the current tensor written so far (slabs)
         self._file = None
         self._shard = -1
 
@@ -87,13 +88,17 @@ class ShardWriter:
         self._shard = index
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Append `tensor`: the whole planned tensor, or its next slab of rows (a large tensor
+        arrives as consecutive slabs of its first dimension, in order)."""
         shard, expected = self._order[self._next]
         if name != expected.name:
             raise ValueError(f"writer expected tensor {expected.name!r}, got {name!r}")
-        if tuple(tensor.shape) != expected.shape or str(tensor.dtype)[6:] != expected.dtype:
+        dtype, shape = str(tensor.dtype)[6:], tuple(tensor.shape)
+        whole = shape == expected.shape and self._rows == 0
+        if dtype != expected.dtype or not (whole or self._fits_rows(shape, expected.shape)):
             raise ValueError(
                 f"tensor {name!r}: planned {expected.dtype}{list(expected.shape)}, "
-                f"got {str(tensor.dtype)[6:]}{list(tensor.shape)}"
+                f"got {dtype}{list(shape)}" + (f" after {self._rows} rows" if self._rows else "")
             )
         if shard != self._shard:
             self._open(shard)
@@ -101,7 +106,13 @@ class ShardWriter:
         if data.numel():
             with _naming(self.folder / self.names[shard]):
                 self._file.write(memoryview(data.view(torch.uint8).numpy()))
-        self._next += 1
+        self._rows = 0 if whole else self._rows + shape[0]
+        if whole or self._rows == expected.shape[0]:
+            self._next, self._rows = self._next + 1, 0
+
+    def _fits_rows(self, shape: tuple[int, ...], planned: tuple[int, ...]) -> bool:
+        return (len(shape) == len(planned) > 0 and shape[1:] == planned[1:]
+                and self._rows + shape[0] <= planned[0])
 
     def close(self) -> None:
         """Finish the last shard and write `model.safetensors.index.json` for sharded outputs."""

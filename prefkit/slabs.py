@@ -1,0 +1,215 @@
+"""Slabs: how the executor reads tensor groups in constant memory.
+
+A *slab* is what the executor reads, merges and writes in one step: rows [start, stop) of one
+output tensor, from every input model and the base. A group that fits the memory budget is one
+slab (the whole tensor). A larger group of a method that declares itself `elementwise` (e.g. a
+50265×768 embedding: 154 MB per fp32 model) is cut along its first dimension: consecutive rows
+are consecutive bytes of the file, so each input's slab is one positioned read.
+
+For such methods, slabs are read into reused buffers: two sets, taken in turn, so the next slab is
+read on a background thread while this one is merged, and no buffer is allocated (and its pages
+faulted in) per tensor. Peak memory is then about two slabs, whatever the size of the models.
+Other methods keep what the API promised them: fresh whole tensors for every call.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any
+
+from prefkit.api import TensorInfo
+from prefkit.io.checkpoint import ITEMSIZE, TensorMeta, TensorReader
+from prefkit.plan import TensorPlan
+
+# Bytes of one slab's inputs in the compute dtype. Two slabs are in flight (one merged, one
+# read), so the buffers hold about twice this; the FFN matrices of a roberta-base merge of four
+# models (5 × 9.4 MB) still fit whole, the embedding is cut in slabs of ~2000 rows.
+# PREFKIT_SLAB_BYTES overrides it (less memory, or more slabs to test with).
+DEFAULT_BUDGET = int(os.environ.get("PREFKIT_SLAB_BYTES", 48 * 2**20))
+
+
+@dataclass(frozen=True, eq=False)
+class Slab:
+    """Rows `rows` = (start, stop) of `plan`'s tensor (None: the whole tensor), the `index`-th
+    of the tensor's `count` slabs."""
+
+    plan: TensorPlan
+    rows: tuple[int, int] | None
+    index: int = 0
+    count: int = 1
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self.rows is None:
+            return self.plan.shape
+        return (self.rows[1] - self.rows[0], *self.plan.shape[1:])
+
+    @property
+    def last(self) -> bool:
+        return self.index == self.count - 1
+
+    def info(self, state: Any = None, tensor_state: Any = None) -> TensorInfo:
+        return replace(self.plan.info, state=state, rows=self.rows, tensor_state=tensor_state)
+
+
+def group_bytes(plan: TensorPlan, inputs: int, rows: int | None = None) -> int:
+    """Bytes of `inputs` tensors of the plan's shape (or `rows` of its rows) in the compute dtype."""
+    numel = math.prod(plan.shape[1:]) * rows if rows is not None else math.prod(plan.shape)
+    return numel * ITEMSIZE[plan.compute_dtype] * inputs
+
+
+def slabs_of(plan: TensorPlan, inputs: int, budget: int, split: bool) -> list[Slab]:
+    """The tensor as one slab, or, when `split` and its `inputs` tensors outgrow `budget`, as
+    the fewest slabs of (nearly) equal row counts that fit."""
+    rows = plan.shape[0] if plan.shape else 0
+    if not split or plan.copy or rows < 2 or group_bytes(plan, inputs) <= budget:
+        return [Slab(plan, None)]
+    per_slab = max(1, budget // group_bytes(plan, inputs, rows=1))
+    count = math.ceil(rows / per_slab)
+    step = math.ceil(rows / count)
+    starts = range(0, rows, step)
+    return [Slab(plan, (a, min(a + step, rows)), i, len(starts)) for i, a in enumerate(starts)]
+
+
+class BufferPool:
+    """Byte buffers kept from slab to slab, by key; each grows to the largest size asked of it.
+    `pin`: page-locked host memory, so copies to a GPU run at full speed."""
+
+    def __init__(self, pin: bool = False):
+        self.pin = pin
+        self._buffers: dict[Any, Any] = {}
+
+    def take(self, key: Any, nbytes: int):
+        import torch
+
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.numel() < nbytes:
+            self._buffers.pop(key, None)  # free the smaller one first
+            buffer = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin)
+            self._buffers[key] = buffer
+        return buffer[:nbytes]
+
+    def tensor(self, key: Any, dtype: str, shape: tuple[int, ...]):
+        import torch
+
+        nbytes = math.prod(shape) * ITEMSIZE[dtype]
+        return self.take(key, nbytes).view(getattr(torch, dtype)).view(shape)
+
+
+class SlabLoader:
+    """Reads a slab: inputs and base in the compute dtype, heads zero-padded, on `device`.
+
+    `uses_base`: the method takes a base (a tensor the base lacks, e.g. a classifier head, is
+    then zeros); otherwise the base is not read at all. `pooled`: read into reused buffers
+    (`slot` 0 or 1 picks the set), else into fresh ones. `io_threads`: inputs read in parallel.
+    """
+
+    def __init__(self, uses_base: bool, *, allow_nonfinite: bool = False, pooled: bool = False,
+                 device: str = "cpu", io_threads: int = 1):
+        self.reader = TensorReader(check_finite=not allow_nonfinite)
+        self.uses_base, self.pooled, self.device = uses_base, pooled, device
+        self.pool = BufferPool(pin=device != "cpu") if pooled else None
+        self._io = ThreadPoolExecutor(io_threads, "prefkit-io") if io_threads > 1 else None
+
+    def load(self, slab: Slab, slot: int = 0):
+        """(tensors, base) of the slab; a copied (non-float) tensor comes back as ([tensor], None)."""
+        plan = slab.plan
+        if plan.copy:
+            return [self.reader.read(plan.base or plan.sources[0])], None
+        metas = list(plan.sources) + ([plan.base] if self.uses_base else [])
+        jobs = [(meta, slab, (slot, k)) for k, meta in enumerate(metas)]
+        tensors = list(self._io.map(self._read, *zip(*jobs)) if self._io else
+                       (self._read(*job) for job in jobs))
+        if self.device != "cpu":
+            tensors = [t.to(self.device, non_blocking=True) for t in tensors]
+        if self.uses_base:
+            return tensors[:-1], tensors[-1]
+        return tensors, None
+
+    def _read(self, meta: TensorMeta | None, slab: Slab, key: Any):
+        import torch
+
+        plan, shape = slab.plan, slab.shape
+        dtype = plan.compute_dtype
+        if meta is None:  # a head this model lacks: zeros
+            if self.pool is None:
+                return torch.zeros(shape, dtype=getattr(torch, dtype))
+            return self.pool.tensor(key, dtype, shape).zero_()
+        if meta.shape == plan.shape and meta.dtype == dtype:  # straight into the buffer
+            out = self.pool.take(key, math.prod(shape) * ITEMSIZE[dtype]) if self.pool else None
+            return self.reader.read(meta, slab.rows, out=out)
+        rows = slab.rows
+        if rows is not None and meta.shape != plan.shape:  # padded: the source may have fewer rows
+            rows = (min(rows[0], meta.shape[0]), min(rows[1], meta.shape[0]))
+        raw = self._read_raw(meta, rows, key)
+        if self.pool is None and raw.shape == shape:
+            return raw.to(getattr(torch, dtype))
+        out = self.pool.tensor(key, dtype, shape) if self.pool else torch.empty(
+            shape, dtype=getattr(torch, dtype))
+        if raw.shape != shape:
+            out.zero_()  # the source's rows and columns go top-left; the rest stays zero
+            out[tuple(slice(0, d) for d in raw.shape)].copy_(raw)
+        else:
+            out.copy_(raw)
+        return out
+
+    def _read_raw(self, meta: TensorMeta, rows: tuple[int, int] | None, key: Any):
+        if self.pool is None:
+            return self.reader.read(meta, rows)
+        count = meta.shape[0] if rows is None or not meta.shape else rows[1] - rows[0]
+        nbytes = (meta.nbytes // meta.shape[0] * count) if meta.shape and meta.shape[0] else meta.nbytes
+        return self.reader.read(meta, rows, out=self.pool.take((*key, "raw"), nbytes))
+
+    def output(self, result, dtype: str):
+        """The merged slab in the output dtype, on the host, ready to write."""
+        import torch
+
+        if str(result.dtype) == f"torch.{dtype}" and result.device.type == "cpu":
+            return result
+        if self.pool is None:
+            return result.to(device="cpu", dtype=getattr(torch, dtype))
+        return self.pool.tensor("out", dtype, tuple(result.shape)).copy_(result)
+
+    def close(self) -> None:
+        if self._io is not None:
+            self._io.shutdown()
+        self.reader.close()
+
+
+class Prefetcher:
+    """Reads slabs one ahead on a background thread.
+
+    `get(slab, then)` returns `slab`'s (tensors, base), from the background read when the last
+    call named it as `then`, and starts reading `then`. The caller must be done with the
+    previous slab's tensors when it calls `get` (buffers are reused). `overlap(a, b)` says
+    whether the two slabs may be in memory together (a huge unsplit tensor is read alone).
+    """
+
+    def __init__(self, load, overlap=lambda a, b: True):
+        self._load, self._overlap = load, overlap
+        self._thread = ThreadPoolExecutor(1, "prefkit-read")
+        self._pending: tuple[Slab, int, Any] | None = None
+        self._slot = 0  # the buffer set of the slab returned last
+
+    def get(self, slab: Slab, then: Slab | None = None):
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] is slab:
+            self._slot = pending[1]
+            value = pending[2].result()
+        else:
+            if pending is not None:
+                pending[2].exception()  # a guess that missed: wait for it, drop it
+            value = self._load(slab, self._slot)
+        if then is not None and self._overlap(slab, then):
+            other = 1 - self._slot
+            self._pending = (then, other, self._thread.submit(self._load, then, other))
+        return value
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self._pending[2].exception()
+            self._pending = None
+        self._thread.shutdown()
