@@ -327,3 +327,42 @@ def test_epochs_set_the_number_of_steps(tmp_path, registry, tiny_setup):
                          train="steps: null, epochs: 0.5, batch_size: 40")
     trained = _train(plan, loaded, registry)
     assert trained.summary["steps"] == 3  # ceil(0.5 · 240 / 40)
+
+
+def test_training_killed_with_sigkill_resumes_without_redoing_steps(tmp_path, registry,
+                                                                    tiny_setup):
+    """A `prefkit run` of a trainer killed (SIGKILL) after its first resumable state: no trained
+    model and no output folder are left; the next run resumes from the saved step and ends with
+    the weights of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    text = recipe_text(tiny_setup, "epo", evaluate=False, train="steps: 160, checkpoint_every: 10")
+    (tmp_path / "k.yaml").write_text(text)
+    process = subprocess.Popen([sys.executable, "-c", "from prefkit.cli import main; main()",
+                                "run", "-q", "k.yaml"], cwd=tmp_path, env=dict(os.environ),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    folder = tmp_path / "checkpoints" / "training"
+    deadline = time.monotonic() + 240
+    while not list(folder.glob("*.resume.safetensors")):
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "no resumable state was written"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+    finished = [f for f in folder.glob("*.safetensors") if not f.name.endswith(".resume.safetensors")]
+    assert finished == [] and not (tmp_path / "out").exists()
+
+    plan, loaded = _plan(tmp_path, registry, tiny_setup, "epo", evaluate=False,
+                         train="steps: 160, checkpoint_every: 10")
+    resumed = _train(plan, loaded, registry)
+    assert resumed.summary["resumed_from"] is not None and resumed.summary["resumed_from"] >= 10
+    plan, loaded = _plan(tmp_path, registry, tiny_setup, "epo", evaluate=False,
+                         train="steps: 160, checkpoint_every: 10, cache_dir: straight")
+    straight = _train(plan, loaded, registry)
+    for name in straight.weights:
+        assert torch.equal(resumed.weights[name], straight.weights[name]), name
