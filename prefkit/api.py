@@ -87,7 +87,22 @@ class ScanItem:
 Scan = Callable[[], Iterator[ScanItem]]
 
 
-class TensorMethod(abc.ABC):
+class Method(abc.ABC):
+    """What every method declares, whatever its kind: `prefkit methods` lists these and the recipe
+    checks use them (see TensorMethod for their meaning)."""
+
+    kind: ClassVar[str]
+    name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
+    summary: ClassVar[str] = ""
+    reference_url: ClassVar[str] = ""
+    base: ClassVar[Literal["required", "input"]] = "required"
+    Params: ClassVar[type[Params]] = NoParams
+    ModelParams: ClassVar[type[Params]] = NoParams
+    param_aliases: ClassVar[dict[str, str]] = {}
+
+
+class TensorMethod(Method):
     """A method merged tensor by tensor by the streaming executor.
 
     Class attributes:
@@ -113,14 +128,6 @@ class TensorMethod(abc.ABC):
     """
 
     kind: ClassVar[str] = "tensor"
-    name: ClassVar[str]
-    aliases: ClassVar[tuple[str, ...]] = ()
-    summary: ClassVar[str] = ""
-    reference_url: ClassVar[str] = ""
-    base: ClassVar[Literal["required", "input"]] = "required"
-    Params: ClassVar[type[Params]] = NoParams
-    ModelParams: ClassVar[type[Params]] = NoParams
-    param_aliases: ClassVar[dict[str, str]] = {}
     elementwise: ClassVar[bool] = False
 
     def prepare(self, scan: Scan, params: Params) -> Any:
@@ -212,7 +219,7 @@ class TrainSettings(Params):
         "threads"})
 
 
-class TrainerMethod(abc.ABC):
+class TrainerMethod(Method):
     """A method that fine-tunes the base on all tasks at once, steered by the preference.
 
     The shared training loop (`prefkit.train`) calls `task_weights` once per step with the
@@ -226,14 +233,6 @@ class TrainerMethod(abc.ABC):
     """
 
     kind: ClassVar[str] = "trainer"
-    name: ClassVar[str]
-    aliases: ClassVar[tuple[str, ...]] = ()
-    summary: ClassVar[str] = ""
-    reference_url: ClassVar[str] = ""
-    base: ClassVar[Literal["required", "input"]] = "required"
-    Params: ClassVar[type[Params]] = NoParams
-    ModelParams: ClassVar[type[Params]] = NoParams
-    param_aliases: ClassVar[dict[str, str]] = {}
     Settings: ClassVar[type[TrainSettings]] = TrainSettings
     uses_gradients: ClassVar[bool] = False
 
