@@ -34,7 +34,6 @@ from prefkit.ops import (
     MagnitudeSelection,
     chunks,
     disjoint_mean,
-    map_chunks,
     nonzero_divisor_,
     scale_,
     sign_votes,
@@ -153,8 +152,7 @@ class TiesMethod(TensorMethod):
         weights = [float(torch.tensor(mp.weight, dtype=base.dtype)) for mp in model_params]
         deltas = [v.reshape(-1) for v in vectors]
         flat_base, out = base.reshape(-1), deltas[0]
-
-        def merge_chunk(part: slice) -> None:
+        for part in chunks(out.numel()):
             parts = [d[part] for d in deltas]
             for delta, cut, ratio, mp in zip(parts, cuts, ratios, model_params):
                 if cut is not None:
@@ -163,12 +161,6 @@ class TiesMethod(TensorMethod):
                     delta.mul_(ratio)
                 scale_(delta, mp.weight)
             out[part] = _disjoint_merge(parts, flat_base[part], params, weights)
-
-        if any(cut is not None and cut.ordered(base.dtype) for cut in cuts):
-            for part in chunks(out.numel()):  # a cut spends its ties budget in flat order
-                merge_chunk(part)
-        else:
-            map_chunks(merge_chunk, out.numel())
         if info.state is not None:  # spend the global ties budget in merge order
             info.state.spend(cuts)
         return out.reshape(base.shape)

@@ -137,8 +137,8 @@ def build_cli(registry_factory: RegistryFactory = _default_registry) -> click.Gr
     @click.option("--allow-pickle", is_flag=True, help=ALLOW_PICKLE_HELP)
     @click.option("--allow-nonfinite", is_flag=True,
                   help="Merge input tensors that hold NaN or Inf (refused by default).")
-    @click.option("--threads", type=click.IntRange(min=1), help="Threads for the merge arithmetic "
-                  "and for reading inputs; default: all cores. Outputs do not depend on it.")
+    @click.option("--threads", type=click.IntRange(min=1), help="Threads for the arithmetic (torch "
+                  "intra-op) and for reading inputs; default: all cores. Outputs do not depend on it.")
     @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
                   help="Where the merge arithmetic runs (cuda: a GPU, inputs staged in pinned memory).")
     def run(recipes, output, overrides, force, quiet, max_shard_size, executor, workers,

@@ -11,7 +11,6 @@ when complete, so a failure leaves nothing behind.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -32,7 +31,6 @@ from prefkit.io.outdir import (
     write_error,
 )
 from prefkit.io.writer import OutTensor, ShardWriter, plan_shards
-from prefkit.ops import merge_threads
 from prefkit.plan import Plan, fingerprint
 from prefkit.progress import NullReporter, Reporter
 from prefkit.slabs import (
@@ -67,10 +65,8 @@ def execute(plan: Plan, *, reporter: Reporter | None = None, force: bool = False
     `provenance` (merged into prefkit.json). An input tensor holding NaN/Inf is an error unless
     `allow_nonfinite`. Solver methods pass their learned `state` (it reaches `merge` as
     `info.state`; `prepare` is not called) and `files` (name → text, written into the output).
-    `threads` (None: all cores): the merge's threads, and how many inputs are read at once; an
-    `elementwise` method's chunks are spread over them (torch's own threads set to 1 meanwhile),
-    another method gets them as torch's intra-op threads. Outputs do not depend on it.
-    `device`: where the arithmetic runs ("cpu", or "cuda" with pinned host buffers).
+    `threads`: torch's intra-op threads and parallel input reads (None: all cores, torch's
+    default). `device`: where the arithmetic runs ("cpu", or "cuda" with pinned host buffers).
 
     Raises:
         OutputError: the output exists and `force` is false, or cannot be written (disk full).
@@ -116,9 +112,9 @@ def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes
     uses_base = plan.base is not None and method.base == "required"
     inputs = len(plan.inputs) + uses_base
     split = weights is None and getattr(method, "elementwise", False)
-    threads = threads or all_cores()
+    io_threads = min(resolve_threads(threads), inputs)
     loader = SlabLoader(uses_base, allow_nonfinite=allow_nonfinite, pooled=split, device=device,
-                        io_threads=min(threads, inputs))
+                        io_threads=io_threads)
     units = [s for tp in plan.tensors for s in slabs_of(tp, inputs, DEFAULT_BUDGET, split)]
     # Reading the next slab overlaps merging this one, unless the two together would outgrow
     # both two slab budgets and the largest single group (an unsplit tensor is read alone).
@@ -135,12 +131,24 @@ def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes
     }, submit=io.submit)
     total = sum(o.nbytes for o in outs)
     try:
-        # elementwise methods: chunks spread over the threads; others: torch's own threads
-        with merge_threads(threads, chunked=split):
-            if weights is None and state is None:
-                state = method.prepare(lambda: _scan(plan, units, io, None), plan.shared_params)
-            reporter.start(len(outs), total, f"{method.name} → {plan.output}")
-            _merge_units(plan, units, io, writer, loader, reporter, state, weights is not None)
+        if weights is None and state is None:
+            state = method.prepare(lambda: _scan(plan, units, io, None), plan.shared_params)
+        reporter.start(len(outs), total, f"{method.name} → {plan.output}")
+        tensor_state = None
+        for i, slab in enumerate(units):
+            tp = slab.plan
+            if slab.count > 1 and slab.index == 0:
+                tensor_state = _prepare_tensor(plan, units[i:i + slab.count], io, state)
+            tensors, base = io.get(slab, units[i + 1] if i + 1 < len(units) else None)
+            if tp.copy or weights is not None:
+                result = tensors[0]
+            else:
+                result = _merge_one(plan, slab, tensors, base, slab.info(state, tensor_state))
+            writer.write(tp.name, loader.output(result, tp.out_dtype, io.slot))
+            del tensors, base, result
+            if slab.last:
+                reporter.advance(tp.name, OutTensor(tp.name, tp.out_dtype, tp.shape).nbytes)
+                tensor_state = None
         writer.close()
     except BaseException:
         writer.abort()
@@ -151,32 +159,14 @@ def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes
     return total
 
 
-def _merge_units(plan: Plan, units: list[Slab], io: SlabIO, writer: ShardWriter,
-                 loader: SlabLoader, reporter: Reporter, state, given: bool) -> None:
-    """Read, merge and write every slab in order (the per-tensor pre-pass before a split one)."""
-    tensor_state = None
-    for i, slab in enumerate(units):
-        tp = slab.plan
-        if slab.count > 1 and slab.index == 0:
-            tensor_state = _prepare_tensor(plan, units[i:i + slab.count], io, state)
-        tensors, base = io.get(slab, units[i + 1] if i + 1 < len(units) else None)
-        if tp.copy or given:
-            result = tensors[0]
-        else:
-            result = _merge_one(plan, slab, tensors, base, slab.info(state, tensor_state))
-        writer.write(tp.name, loader.output(result, tp.out_dtype, io.slot))
-        del tensors, base, result
-        if slab.last:
-            reporter.advance(tp.name, OutTensor(tp.name, tp.out_dtype, tp.shape).nbytes)
-            tensor_state = None
+def resolve_threads(threads: int | None) -> int:
+    """Apply `threads` to torch's intra-op pool (None: torch's default, one per core); the
+    number of threads in use."""
+    import torch
 
-
-def all_cores() -> int:
-    """The cores this process may run on (the default of `--threads`)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def _rows(slab: Slab) -> int | None:

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from collections.abc import Sequence
 
 import lazy_loader
 
@@ -85,43 +80,6 @@ def chunks(n: int, size: int = CHUNK):
         yield slice(start, min(n, start + size))
 
 
-# The merge's worker threads (`merge_threads`), for `map_chunks`; None: the calling thread.
-_workers: contextvars.ContextVar[ThreadPoolExecutor | None] = contextvars.ContextVar(
-    "prefkit_chunk_workers", default=None)
-
-
-def map_chunks(fn: Callable[[slice], Any], n: int, size: int = CHUNK) -> list[Any]:
-    """[fn(part) for part in chunks(n, size)], spread over the merge's threads (`merge_threads`).
-
-    Each chunk runs whole on one thread, so it stays in that core's cache; `fn` must only write
-    to its own chunk (results come back in chunk order, so sums of them are deterministic).
-    """
-    parts = list(chunks(n, size))
-    pool = _workers.get()
-    if pool is None or len(parts) < 2:
-        return [fn(part) for part in parts]
-    return list(pool.map(fn, parts))
-
-
-@contextlib.contextmanager
-def merge_threads(n: int, chunked: bool = True):
-    """Within the block, `map_chunks` spreads chunks over `n` threads and torch's own intra-op
-    threads are 1: one level of parallelism, as a small elementwise operation split over threads
-    costs more in hand-offs than it saves (`chunked` False: torch's threads are `n` instead, for
-    methods that merge whole tensors). Torch's setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1 if chunked else n)
-    pool = ThreadPoolExecutor(n, thread_name_prefix="prefkit-merge") if chunked and n > 1 else None
-    token = _workers.set(pool)
-    try:
-        yield
-    finally:
-        _workers.reset(token)
-        if pool is not None:
-            pool.shutdown()
-        torch.set_num_threads(before)
-
-
 class MagnitudeSelection:
     """Exact k-th largest |x| of values that arrive in pieces (chunks, slabs, whole tensors).
 
@@ -142,6 +100,7 @@ class MagnitudeSelection:
         self._low: torch.Tensor | None = None
         self._bin: tuple[int, int] | None = None  # (high bin, entries above it)
         self._found: tuple[float, int, int] | None = None
+        self._scratch: torch.Tensor | None = None
 
     def add(self, values: torch.Tensor) -> None:
         flat = values.reshape(-1)
@@ -150,27 +109,21 @@ class MagnitudeSelection:
             if self._kept is not None and self.count <= self.SMALL:
                 self._kept.append(magnitude_bits(flat).clone())
                 return
-            for bits in self._kept or ():
+            for bits in [*(self._kept or ()), *(self._bits(flat[p]) for p in chunks(flat.numel()))]:
                 self._high = _add(self._high, high_histogram(bits, consume=True))
             self._kept = None
-            for counts in map_chunks(lambda p: high_histogram(self._bits(flat[p]), consume=True),
-                                     flat.numel()):
-                self._high = _add(self._high, counts)
         elif self._bin is not None:  # round 2
-            high_bin = self._bin[0]
-            for counts in map_chunks(lambda p: low_histogram(self._bits(flat[p]), high_bin,
-                                                             consume=True), flat.numel()):
+            for part in chunks(flat.numel()):
+                counts = low_histogram(self._bits(flat[part]), self._bin[0], consume=True)
                 self._low = _add(self._low, counts)
 
     def _bits(self, piece: torch.Tensor) -> torch.Tensor:
-        """`magnitude_bits` of a chunk, into a buffer reused by the thread (no allocation per
-        chunk)."""
+        """`magnitude_bits` of a chunk, into one reused buffer (no allocation per chunk)."""
         if piece.dtype != torch.float32 or not piece.is_contiguous():
             return magnitude_bits(piece)
-        scratch = getattr(_scratch, "bits", None)
-        if scratch is None or scratch.device != piece.device:
-            scratch = _scratch.bits = torch.empty(CHUNK, dtype=torch.int32, device=piece.device)
-        out = scratch[:piece.numel()]
+        if self._scratch is None or self._scratch.device != piece.device:
+            self._scratch = torch.empty(CHUNK, dtype=torch.int32, device=piece.device)
+        out = self._scratch[:piece.numel()]
         return torch.bitwise_and(piece.reshape(-1).view(torch.int32), 0x7FFFFFFF, out=out)
 
     def choose(self, k: int) -> bool:
@@ -195,9 +148,6 @@ class MagnitudeSelection:
             low_bits, greater = bin_of_kth_largest(low, self._k, above)
             self._found = (bits_to_float((high_bin << 16) | low_bits), greater, int(low[low_bits]))
         return self._found
-
-
-_scratch = threading.local()  # per thread: a chunk of int32 bit patterns
 
 
 def _add(total: torch.Tensor | None, counts: torch.Tensor) -> torch.Tensor:
@@ -265,13 +215,6 @@ class MagnitudeCut:
     @classmethod
     def nothing(cls) -> MagnitudeCut:
         return cls(float("inf"), 0, 0)
-
-    def ordered(self, dtype: torch.dtype) -> bool:
-        """Whether pieces must be trimmed in flat order (some ties at the cut-off are kept and
-        some not: each piece spends the budget), or may be trimmed in any order (in parallel)."""
-        if dtype != torch.float64 and (self.ties <= 0 or self.threshold == 0):
-            return False
-        return not (dtype == torch.float32 and self.ties >= self.equal)
 
     def copy(self) -> MagnitudeCut:
         return MagnitudeCut(self.threshold, self.ties, self.equal)
