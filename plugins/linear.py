@@ -55,7 +55,7 @@ class LinearMethod(TensorMethod):
         flats = [t.reshape(-1) for t in tensors]
         out = flats[0]  # owned input buffer: the result is written over it, chunk by chunk
         for part in chunks(out.numel()):
-            result = torch.zeros(part.stop - part.start, dtype=dtype, device=out.device)
+            result = torch.zeros(part.stop - part.start, dtype=dtype)
             for tensor, weight in zip(flats, weights):
                 result.addcmul_(tensor[part], weight)
             if params.normalize:

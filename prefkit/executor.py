@@ -33,15 +33,7 @@ from prefkit.io.outdir import (
 from prefkit.io.writer import OutTensor, ShardWriter, plan_shards
 from prefkit.plan import Plan, fingerprint
 from prefkit.progress import NullReporter, Reporter
-from prefkit.slabs import (
-    DEFAULT_BUDGET,
-    Slab,
-    SlabIO,
-    SlabLoader,
-    check_device,
-    group_bytes,
-    slabs_of,
-)
+from prefkit.slabs import DEFAULT_BUDGET, Slab, SlabIO, SlabLoader, group_bytes, slabs_of
 
 DEFAULT_SHARD_BYTES = 5 * 1000**3
 
@@ -72,7 +64,6 @@ def execute(plan: Plan, *, reporter: Reporter | None = None, force: bool = False
         OutputError: the output exists and `force` is false, or cannot be written (disk full).
         MergeError / CheckpointError: a method or an input failed; nothing is left behind.
     """
-    check_device(device)
     reporter = reporter or NullReporter()
     out = plan.output
     for note in recover_interrupted(out):

@@ -18,7 +18,7 @@ def task_vectors_(tensors: Sequence[torch.Tensor], base: torch.Tensor) -> list[t
 def accumulator(like: torch.Tensor) -> torch.Tensor:
     """A zeroed sum buffer: float32 for half dtypes (as torch's own sum accumulates), else alike."""
     dtype = torch.float32 if like.dtype in (torch.float16, torch.bfloat16) else like.dtype
-    return torch.zeros(like.shape, dtype=dtype, device=like.device)
+    return torch.zeros(like.shape, dtype=dtype)
 
 
 def scale_(tensor: torch.Tensor, weight: float) -> torch.Tensor:

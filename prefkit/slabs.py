@@ -22,7 +22,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from prefkit.api import TensorInfo
-from prefkit.errors import MergeError
 from prefkit.io.checkpoint import ITEMSIZE, TensorMeta, TensorReader
 from prefkit.plan import TensorPlan
 
@@ -74,23 +73,6 @@ def slabs_of(plan: TensorPlan, inputs: int, budget: int, split: bool) -> list[Sl
     step = math.ceil(rows / count)
     starts = range(0, rows, step)
     return [Slab(plan, (a, min(a + step, rows)), i, len(starts)) for i, a in enumerate(starts)]
-
-
-def check_device(device: str) -> None:
-    """Raise a one-line error unless the arithmetic can run on `device` here."""
-    if device == "cpu":
-        return
-    import torch
-
-    if device.split(":")[0] == "cuda" and torch.cuda.is_available():
-        index = int(device.split(":")[1]) if ":" in device else 0
-        if index < torch.cuda.device_count():
-            return
-        raise MergeError(f"--device {device}: this machine has {torch.cuda.device_count()} "
-                         "CUDA device(s)", hint="pick one of them, or run with --device cpu")
-    build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
-    raise MergeError(f"--device {device}: CUDA is not available here (torch {torch.__version__}, "
-                     f"{build}, no GPU visible)", hint="run with --device cpu (the default)")
 
 
 class BufferPool:
