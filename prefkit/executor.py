@@ -33,7 +33,7 @@ from prefkit.io.outdir import (
 from prefkit.io.writer import OutTensor, ShardWriter, plan_shards
 from prefkit.plan import Plan, fingerprint
 from prefkit.progress import NullReporter, Reporter
-from prefkit.slabs import DEFAULT_BUDGET, Slab, SlabIO, SlabLoader, group_bytes, slabs_of
+from prefkit.slabs import DEFAULT_BUDGET, Prefetcher, Slab, SlabLoader, group_bytes, slabs_of
 
 DEFAULT_SHARD_BYTES = 5 * 1000**3
 
@@ -99,6 +99,12 @@ def execute(plan: Plan, *, reporter: Reporter | None = None, force: bool = False
 def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes: int,
                    weights=None, allow_nonfinite: bool = False, state=None, threads=None,
                    device: str = "cpu") -> int:
+    outs = [OutTensor(p.name, p.out_dtype, p.shape) for p in plan.tensors]
+    shards = plan_shards(outs, max_shard_bytes)
+    writer = ShardWriter(folder, shards, {
+        "format": "pt", "prefkit_version": prefkit.__version__,
+        "recipe_sha256": plan.loaded.digest,
+    })
     method = plan.method.method
     uses_base = plan.base is not None and method.base == "required"
     inputs = len(plan.inputs) + uses_base
@@ -114,28 +120,23 @@ def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes
     def overlap(a: Slab, b: Slab) -> bool:
         return group_bytes(a.plan, inputs, _rows(a)) + group_bytes(b.plan, inputs, _rows(b)) <= limit
 
-    io = SlabIO(_Given(weights, loader).load if weights is not None else loader.load, overlap)
-    outs = [OutTensor(p.name, p.out_dtype, p.shape) for p in plan.tensors]
-    writer = ShardWriter(folder, plan_shards(outs, max_shard_bytes), {
-        "format": "pt", "prefkit_version": prefkit.__version__,
-        "recipe_sha256": plan.loaded.digest,
-    }, submit=io.submit)
+    reads = Prefetcher(_Given(weights, loader).load if weights is not None else loader.load, overlap)
     total = sum(o.nbytes for o in outs)
     try:
         if weights is None and state is None:
-            state = method.prepare(lambda: _scan(plan, units, io, None), plan.shared_params)
+            state = method.prepare(lambda: _scan(plan, units, reads, None), plan.shared_params)
         reporter.start(len(outs), total, f"{method.name} → {plan.output}")
         tensor_state = None
         for i, slab in enumerate(units):
             tp = slab.plan
             if slab.count > 1 and slab.index == 0:
-                tensor_state = _prepare_tensor(plan, units[i:i + slab.count], io, state)
-            tensors, base = io.get(slab, units[i + 1] if i + 1 < len(units) else None)
+                tensor_state = _prepare_tensor(plan, units[i:i + slab.count], reads, state)
+            tensors, base = reads.get(slab, units[i + 1] if i + 1 < len(units) else None)
             if tp.copy or weights is not None:
                 result = tensors[0]
             else:
                 result = _merge_one(plan, slab, tensors, base, slab.info(state, tensor_state))
-            writer.write(tp.name, loader.output(result, tp.out_dtype, io.slot))
+            writer.write(tp.name, loader.output(result, tp.out_dtype))
             del tensors, base, result
             if slab.last:
                 reporter.advance(tp.name, OutTensor(tp.name, tp.out_dtype, tp.shape).nbytes)
@@ -145,7 +146,7 @@ def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes
         writer.abort()
         raise
     finally:
-        io.close()
+        reads.close()
         loader.close()
     return total
 
@@ -203,21 +204,21 @@ def _merge_one(plan: Plan, slab: Slab, tensors, base, info: TensorInfo):
     return result
 
 
-def _prepare_tensor(plan: Plan, slabs: list[Slab], io: SlabIO, state):
+def _prepare_tensor(plan: Plan, slabs: list[Slab], reads: Prefetcher, state):
     """The method's per-tensor pre-pass over a tensor merged in slabs (TIES per-tensor top-k)."""
     tp = slabs[0].plan
     return plan.method.method.prepare_tensor(
-        lambda: _scan(plan, slabs, io, state, then=slabs[0]), params=tp.params,
+        lambda: _scan(plan, slabs, reads, state, then=slabs[0]), params=tp.params,
         model_params=tp.model_params, info=replace(tp.info, state=state))
 
 
-def _scan(plan: Plan, units: list[Slab], io: SlabIO, state, then: Slab | None = None):
+def _scan(plan: Plan, units: list[Slab], reads: Prefetcher, state, then: Slab | None = None):
     """Yield every mergeable slab of `units` for a method's pre-pass, re-reading the inputs; the
     read after the last one is `then` (default: the first unit, which comes next)."""
     mergeable = [u for u in units if not u.plan.copy]
     after = then or (mergeable[0] if mergeable else None)
     for i, slab in enumerate(mergeable):
-        tensors, base = io.get(slab, mergeable[i + 1] if i + 1 < len(mergeable) else after)
+        tensors, base = reads.get(slab, mergeable[i + 1] if i + 1 < len(mergeable) else after)
         yield ScanItem(slab.info(state), tensors, base, slab.plan.model_params)
 
 

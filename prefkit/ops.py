@@ -35,25 +35,17 @@ def flat_magnitudes(delta: torch.Tensor) -> torch.Tensor:
 def magnitude_bits(delta: torch.Tensor) -> torch.Tensor:
     """|δ| as float32 bit patterns (int32, flat): for non-negative floats, integer order = value
     order, so exact selection can count bits instead of sorting."""
-    if delta.dtype == torch.float32 and delta.is_contiguous():  # |δ| is δ without its sign bit
-        return delta.reshape(-1).view(torch.int32) & 0x7FFFFFFF
     return flat_magnitudes(delta).float().view(torch.int32)
 
 
-def high_histogram(bits: torch.Tensor, *, consume: bool = False) -> torch.Tensor:
-    """Counts of the 2^15 high-bit bins of non-negative float32 bit patterns (`consume`: shift
-    `bits`, a scratch buffer, in place instead of allocating)."""
-    high = bits.bitwise_right_shift_(16) if consume else bits >> 16
-    return torch.bincount(high, minlength=1 << 15)
+def high_histogram(bits: torch.Tensor) -> torch.Tensor:
+    """Counts of the 2^15 high-bit bins of non-negative float32 bit patterns."""
+    return torch.bincount(bits >> 16, minlength=1 << 15)
 
 
-def low_histogram(bits: torch.Tensor, high_bin: int, *, consume: bool = False) -> torch.Tensor:
-    """Counts of the 2^16 low-bit values among the patterns in one high-bit bin (`consume`: as
-    for `high_histogram`)."""
-    # Patterns below the bin land in the extra first count, those above in the extra last one:
-    # no boolean indexing, which costs more than the histogram itself.
-    offsets = bits.sub_((high_bin << 16) - 1) if consume else bits - ((high_bin << 16) - 1)
-    return torch.bincount(offsets.clamp_(0, (1 << 16) + 1), minlength=(1 << 16) + 2)[1:-1]
+def low_histogram(bits: torch.Tensor, high_bin: int) -> torch.Tensor:
+    """Counts of the 2^16 low-bit values among the patterns in one high-bit bin."""
+    return torch.bincount(bits[(bits >> 16) == high_bin] & 0xFFFF, minlength=1 << 16)
 
 
 def bin_of_kth_largest(histogram: torch.Tensor, k: int, above: int = 0) -> tuple[int, int]:
@@ -71,7 +63,7 @@ def bits_to_float(pattern: int) -> float:
     return float(torch.tensor([pattern], dtype=torch.int32).view(torch.float32))
 
 
-CHUNK = 1 << 18  # elements per chunk (1 MiB of float32): amortises Python, stays in cache
+CHUNK = 1 << 20  # elements per chunk: large enough to amortise Python, small enough for cache
 
 
 def chunks(n: int, size: int = CHUNK):
@@ -100,7 +92,6 @@ class MagnitudeSelection:
         self._low: torch.Tensor | None = None
         self._bin: tuple[int, int] | None = None  # (high bin, entries above it)
         self._found: tuple[float, int, int] | None = None
-        self._scratch: torch.Tensor | None = None
 
     def add(self, values: torch.Tensor) -> None:
         flat = values.reshape(-1)
@@ -109,22 +100,12 @@ class MagnitudeSelection:
             if self._kept is not None and self.count <= self.SMALL:
                 self._kept.append(magnitude_bits(flat).clone())
                 return
-            for bits in [*(self._kept or ()), *(self._bits(flat[p]) for p in chunks(flat.numel()))]:
-                self._high = _add(self._high, high_histogram(bits, consume=True))
+            for bits in [*(self._kept or ()), *(magnitude_bits(flat[p]) for p in chunks(flat.numel()))]:
+                self._high = _add(self._high, high_histogram(bits))
             self._kept = None
         elif self._bin is not None:  # round 2
             for part in chunks(flat.numel()):
-                counts = low_histogram(self._bits(flat[part]), self._bin[0], consume=True)
-                self._low = _add(self._low, counts)
-
-    def _bits(self, piece: torch.Tensor) -> torch.Tensor:
-        """`magnitude_bits` of a chunk, into one reused buffer (no allocation per chunk)."""
-        if piece.dtype != torch.float32 or not piece.is_contiguous():
-            return magnitude_bits(piece)
-        if self._scratch is None or self._scratch.device != piece.device:
-            self._scratch = torch.empty(CHUNK, dtype=torch.int32, device=piece.device)
-        out = self._scratch[:piece.numel()]
-        return torch.bitwise_and(piece.reshape(-1).view(torch.int32), 0x7FFFFFFF, out=out)
+                self._low = _add(self._low, low_histogram(magnitude_bits(flat[part]), self._bin[0]))
 
     def choose(self, k: int) -> bool:
         """End round 1: the k-th largest (1 ≤ k ≤ count) is wanted. True when a second round
@@ -193,107 +174,12 @@ def threshold_mask(delta: torch.Tensor, threshold: float, ties: int) -> tuple[to
     return mask.reshape(delta.shape), taken
 
 
-class MagnitudeCut:
-    """Keeps the k entries of largest |δ| of a tensor (or of a whole task vector), met piece by
-    piece in flat order: every entry above `threshold` (the k-th largest magnitude), and of the
-    `equal` entries equal to it, the first `ties` (the lowest flat indices).
+def elected_positive(deltas: Sequence[torch.Tensor], method: str = "sum") -> torch.Tensor:
+    """TIES sign election over weighted task vectors: True where the elected sign is +.
 
-    Trimming is one comparison while the ties at the cut-off are all to be kept or none is (the
-    usual case: one entry equals the k-th largest); only while some but not all of them are
-    left does a piece look for them, spending `ties` and `equal` as it goes.
+    `sum`: the sign of Σ_i w_i δ̂_i (0 elects +). `count`: the sign held by more models (a tie
+    elects +). Entries that are 0 never agree with either sign.
     """
-
-    def __init__(self, threshold: float, ties: int, equal: int):
-        self.threshold, self.ties, self.equal = threshold, ties, equal
-
-    @classmethod
-    def keep(cls, selection: MagnitudeSelection, k: int) -> MagnitudeCut:
-        """The cut keeping the k largest of what `selection` saw (after its last round)."""
-        threshold, greater, equal = selection.result()
-        return cls(threshold, k - greater, equal)
-
-    @classmethod
-    def nothing(cls) -> MagnitudeCut:
-        return cls(float("inf"), 0, 0)
-
-    def copy(self) -> MagnitudeCut:
-        return MagnitudeCut(self.threshold, self.ties, self.equal)
-
-    def trim_(self, delta: torch.Tensor) -> torch.Tensor:
-        """Zero the entries of `delta` (the next piece, in place) that the cut drops."""
-        # float64 entries are cut by their float32 magnitudes (as selected): only the mask does
-        if delta.dtype != torch.float64 and (self.ties <= 0 or self.threshold == 0):
-            return torch.hardshrink(delta, self.threshold, out=delta)  # keeps |δ| > t
-        if delta.dtype == torch.float32:
-            # every equal entry from here on is kept, or at least every one in this piece
-            here = 0 if self.ties >= self.equal else _count_equal(delta, self.threshold)
-            if here <= self.ties:
-                self.ties, self.equal = self.ties - here, self.equal - here
-                below = bits_to_float(float_bits(self.threshold) - 1)  # |δ| ≥ t is |δ| > t⁻
-                return torch.hardshrink(delta, below, out=delta)
-        return delta.mul_(self.mask(delta))
-
-    def mask(self, delta: torch.Tensor) -> torch.Tensor:
-        """The keep-mask of the next piece (spends the ties, as `trim_` does)."""
-        mask, taken = threshold_mask(delta, self.threshold, self.ties)
-        if self.ties > 0:
-            self.equal -= _count_equal(delta, self.threshold)
-        self.ties -= taken
-        return mask
-
-
-def _count_equal(delta: torch.Tensor, threshold: float) -> int:
-    return int((flat_magnitudes(delta).float() == threshold).sum())
-
-
-def float_bits(value: float) -> int:
-    return int(torch.tensor([value], dtype=torch.float32).view(torch.int32))
-
-
-def disjoint_mean(deltas: Sequence[torch.Tensor], votes: torch.Tensor,
-                  weights: Sequence[float] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """TIES's disjoint merge of weighted task vectors: Σ_i δ_i [δ_i agrees with the elected sign]
-    and, with `weights`, Σ_i w_i [δ_i agrees] (float32 sums for half dtypes; zeros never agree).
-    `votes` is `sign_votes(deltas)`: the elected sign is + where it is ≥ 0.
-
-    The sums run in model order, as mergekit's `(δ · agree).sum(0)` does, but with no boolean
-    mask per model (slow on CPU): the positive and negative parts are summed apart (clamp) and
-    the elected one is taken by the sign bit of the votes at the end.
-    """
-    part = torch.empty_like(deltas[0])
-    sums = [accumulator(deltas[0]), accumulator(deltas[0])]  # positive, negative parts
-    counts = [accumulator(deltas[0]), accumulator(deltas[0])] if weights is not None else None
-    for i, delta in enumerate(deltas):
-        for side, clamp in enumerate((torch.clamp_min, torch.clamp_max)):
-            clamp(delta, 0, out=part)
-            sums[side].add_(part)
-            if counts is not None:  # sign(part) is ±1 where δ agrees with this side, else 0
-                counts[side].add_(part.sign_(), alpha=weights[i] if side == 0 else -weights[i])
-    mixed = by_sign(votes, *sums)
-    return mixed, (by_sign(votes, *counts) if counts is not None else None)
-
-
-def by_sign(votes: torch.Tensor, nonnegative: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
-    """`nonnegative` where votes ≥ 0, else `negative` (overwritten with the result), chosen by
-    the sign bit with integer masks: exact, and several times faster than `torch.where` on CPU.
-    Votes are sums that start from +0, so they are never -0."""
-    ints = {torch.float32: torch.int32, torch.float64: torch.int64}[votes.dtype]
-    negative_mask = votes.view(ints) >> (8 * votes.element_size() - 1)  # -1 where sign bit set
-    picked = negative.view(ints)
-    picked.bitwise_and_(negative_mask)
-    return picked.bitwise_or_(negative_mask.bitwise_not_().bitwise_and_(nonnegative.view(ints))) \
-        .view(votes.dtype)
-
-
-def nonzero_divisor_(divisor: torch.Tensor) -> torch.Tensor:
-    """Replace zeros by 1 in place (`divisor[divisor == 0] = 1` without a boolean mask)."""
-    is_zero = divisor.abs().sign_().neg_().add_(1)  # 1 where 0, 0 elsewhere (NaN stays NaN)
-    return divisor.add_(is_zero)
-
-
-def sign_votes(deltas: Sequence[torch.Tensor], method: str = "sum") -> torch.Tensor:
-    """The TIES sign vote per entry (float32 for half dtypes): Σ_i w_i δ̂_i (`sum`) or Σ_i sign(δ̂_i)
-    (`count`), summed from +0 in model order; the elected sign is + where it is ≥ 0."""
     total = accumulator(deltas[0])
     if method == "sum":
         for d in deltas:
@@ -303,16 +189,7 @@ def sign_votes(deltas: Sequence[torch.Tensor], method: str = "sum") -> torch.Ten
             total.add_(d.sign())
     else:
         raise ValueError(f"consensus must be 'sum' or 'count', not {method!r}")
-    return total
-
-
-def elected_positive(deltas: Sequence[torch.Tensor], method: str = "sum") -> torch.Tensor:
-    """TIES sign election over weighted task vectors: True where the elected sign is +.
-
-    `sum`: the sign of Σ_i w_i δ̂_i (0 elects +). `count`: the sign held by more models (a tie
-    elects +). Entries that are 0 never agree with either sign.
-    """
-    return sign_votes(deltas, method).ge_(0).to(torch.bool)
+    return total.ge_(0).to(torch.bool)
 
 
 def agrees(delta: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
