@@ -9,6 +9,7 @@ Run it from the repository root with the dev venv::
     .venv/bin/python benchmarks/merge_bench.py --vs-mergekit      # + mergekit-yaml on the same recipes
     .venv/bin/python benchmarks/merge_bench.py --vs-mergekit --mergekit-repeats 1
     .venv/bin/python benchmarks/merge_bench.py --size large       # ~355M params (1.4 GB per model)
+    .venv/bin/python benchmarks/merge_bench.py --size base,large  # + memory as models grow
     .venv/bin/python benchmarks/merge_bench.py --models 8         # 8 fine-tuned models
     .venv/bin/python benchmarks/merge_bench.py --models 2,4,8     # + a scaling table over N
     .venv/bin/python benchmarks/merge_bench.py --methods ties --repeats 1 --profile ties
@@ -43,7 +44,7 @@ What it does:
    anon" is the highest ``RssAnon`` seen by polling ``/proc/PID/status`` every 20 ms (heap and
    tensors only; sampled, so it can miss short spikes).
 4. ``--vs-mergekit`` installs mergekit==0.1.5 into a throwaway venv outside the repository
-   (``--mergekit-venv``, default ``/tmp/prefkit-bench-mergekit-venv``; torch==2.13.0, the CPU wheel,
+   (``--mergekit-venv``, default ``/tmp/prefkit-mergekit-venv``; torch==2.13.0, the CPU wheel,
    is installed first and pinned through a constraints file) and runs ``mergekit-yaml`` and prefkit
    alternately on the same inputs. mergekit cannot merge tensors that the base lacks or whose
    shapes differ, so this comparison uses a second set ("eqhead"): the same backbone shards
@@ -55,16 +56,21 @@ What it does:
    top-k cut-off, where prefkit keeps the lowest flat indices and mergekit's unstable argsort
    keeps whichever it meets).
 5. Prints a table per set (prefkit alone on the reference set; prefkit and mergekit on the
-   equal-head set; with several ``--models`` a scaling table), and ``--json FILE`` writes every
-   measurement.
+   equal-head set), then the issue's targets, met or not: prefkit/mergekit wall time (≤ 0.25 for
+   linear and task_arithmetic, ≤ 0.08 for ties) and prefkit/floor (≤ 2.5, ≤ 5 for ties), each
+   beside the same ratio for prefkit's own merge seconds (wall time also holds the interpreter
+   and ``import torch``: the "startup" line). With several ``--models``, a scaling table (merge
+   seconds per input GB should stay flat); with several ``--size``, the same merges at each size
+   (peak RSS should stay flat). ``--json FILE`` writes every measurement.
 
 The numbers are only as quiet as the machine: other processes running at the same time (tests,
 builds) inflate them, and a 2-core machine has little slack. Use ``--repeats`` to average; the
 "load" column is the 1-minute load average when each run started. On a shared machine pass
 ``--threads 1``: with torch's default of one thread per core, every parallel operation waits for
-a worker that another process has descheduled, which made the same merge 4-7x slower here.
-``--snapshot`` runs prefkit as committed (git archive under the cache) when the work tree may
-change during a long run (the installed entry-point metadata still comes from the venv).
+a worker that another process has descheduled, which made the same merge 4-7x slower here
+(``--threads N`` is also passed to ``prefkit run --threads``). ``--snapshot`` runs prefkit as
+committed (git archive under the cache) when the work tree may change during a long run (the
+installed entry-point metadata still comes from the venv).
 """
 
 from __future__ import annotations
@@ -101,7 +107,10 @@ DENSITY = 0.2
 BASE_STD = 0.02  # RoBERTa's initializer_range
 DELTA_STD = 1e-3  # size of the "fine-tuning" change
 READ_CHUNK = 16 * 1024 * 1024
-DEFAULT_MERGEKIT_VENV = Path("/tmp/prefkit-bench-mergekit-venv")
+# The issue's targets (medians, one run): prefkit/mergekit wall time, prefkit/floor wall time.
+TARGETS = {"linear": (0.25, 2.5), "task_arithmetic": (0.25, 2.5), "ties": (0.08, 5.0),
+           "ties_global": (None, 5.0)}
+DEFAULT_MERGEKIT_VENV = Path("/tmp/prefkit-mergekit-venv")
 TORCH_PIN = "torch==2.13.0"
 MERGEKIT_PIN = "mergekit==0.1.5"
 
@@ -249,6 +258,10 @@ def model_tasks(n: int) -> list[tuple[str, int]]:
         task, labels = TASKS[i % len(TASKS)]
         out.append((task if i < len(TASKS) else f"{task}_{i // len(TASKS) + 1}", labels))
     return out
+
+
+def _params(size: str) -> int:
+    return sum(_numel(s) for shard in backbone_shards(SIZES[size]) for _, s in shard)
 
 
 def check_disk(size: str, n_models: int) -> None:
@@ -574,8 +587,9 @@ def check_prefkit_origin() -> str:
 
 
 def prefkit_cmd(recipe_path: Path, out: Path) -> list[str]:
+    threads = ["--threads", str(THREADS)] if THREADS is not None else []
     return [sys.executable, "-c", "from prefkit.cli import main; main()", "run", str(recipe_path),
-            "-o", str(out), "-q", "--force"]
+            "-o", str(out), "-q", "--force", *threads]
 
 
 def run_prefkit(recipe_path: Path, out: Path, log: Path, inputs: list[Path]) -> dict:
@@ -787,24 +801,28 @@ def bench_mergekit(ref: dict, work: Path, methods: list[str], rounds: int, floor
     out["methods"] = {}
     for method in methods:
         if method not in cmp_methods:
-            rows.append([method, *["n/a"] * 11])
+            rows.append([method, *["n/a"] * 13])
             continue
         pw, mw = median_of(pk[method], "wall_s"), median_of(mk[method], "wall_s")
         entry = {
             tool: {key: median_of(runs, key) for key in (
-                "wall_s", "maxrss_mb", "peak_anon_mb", "user_s", "sys_s", "minor_faults")} | {"runs": runs}
+                "wall_s", "maxrss_mb", "peak_anon_mb", "user_s", "sys_s", "minor_faults",
+                "load1_before")} | {"runs": runs}
             for tool, runs in (("prefkit", pk[method]), ("mergekit", mk[method]))
         }
+        entry["prefkit"]["merge_s"] = median_of(pk[method], "merge_s")
         entry.update(floor_s=floor.seconds, ratio_prefkit_mergekit=pw / mw,
                      output_diff=diffs.get(method))
         out["methods"][method] = entry
         d = (diffs.get(method) or {}).get("max_abs_diff")
-        rows.append([method, fmt(pw), fmt(entry["prefkit"]["maxrss_mb"], 0),
+        rows.append([method, fmt(pw), fmt(entry["prefkit"]["merge_s"]),
+                     fmt(entry["prefkit"]["maxrss_mb"], 0),
                      fmt(entry["prefkit"]["peak_anon_mb"], 0), fmt(floor.seconds),
                      fmt(pw / floor.seconds, 1), fmt(mw), fmt(entry["mergekit"]["maxrss_mb"], 0),
                      fmt(entry["mergekit"]["peak_anon_mb"], 0), fmt(pw / mw, 2),
                      "n/a" if d is None else f"{d:.1e}",
-                     "n/a" if d is None else f"{diffs[method]['differing']}/{diffs[method]['total']}"])
+                     "n/a" if d is None else f"{diffs[method]['differing']}/{diffs[method]['total']}",
+                     fmt(entry["prefkit"]["load1_before"], 1)])
     labels = eq["models"][0]["labels"]
     print(f"floor of the equal-head set: {floor.describe()}")
     print()
@@ -813,40 +831,101 @@ def bench_mergekit(ref: dict, work: Path, methods: list[str], rounds: int, floor
           f"backbones as above), median of {rounds} alternating rounds (prefkit, then mergekit); "
           "ties_global has no mergekit counterpart; max |diff| and differing (elements) compare the "
           "two outputs of the last round:")
-    print(table(["method", "prefkit s", "prefkit RSS MB", "prefkit anon MB", "floor s",
-                 "prefkit/floor", "mergekit s", "mergekit RSS MB", "mergekit anon MB",
-                 "prefkit/mergekit", "max |diff|", "differing"], rows))
+    print(table(["method", "prefkit s", "prefkit merge s", "prefkit RSS MB", "prefkit anon MB",
+                 "floor s", "prefkit/floor", "mergekit s", "mergekit RSS MB", "mergekit anon MB",
+                 "prefkit/mergekit", "max |diff|", "differing", "load"], rows))
     for method, d in diffs.items():
         if d.get("only_prefkit") or d.get("only_mergekit") or d.get("error"):
             print(f"  {method}: the outputs differ in layout: {d}")
     return out
 
 
-def scaling_table(per_n: dict[int, dict], methods: list[str]) -> None:
+def scaling_table(per_n: dict[int, dict], methods: list[str], size: str) -> None:
+    """Wall and merge seconds, peak RSS and seconds per input GB for each model count: the cost
+    should grow with the input bytes (s/GB flat) and memory should not."""
     counts = [n for n in per_n if "prefkit" in per_n[n]]
     if len(counts) < 2:
         return
     headers = ["method"]
     for n in counts:
-        headers += [f"N={n} s", f"N={n} RSS MB", f"N={n} x floor"]
+        headers += [f"N={n} s", f"N={n} merge s", f"N={n} RSS MB", f"N={n} merge s/GB",
+                    f"N={n} x floor"]
     rows = []
     for method in methods:
         row = [method]
         for n in counts:
-            s = per_n[n]["prefkit"][method]
-            row += [fmt(s["wall_s"]), fmt(s["maxrss_mb"], 0), fmt(s["ratio_floor"], 1)]
+            st, gb = per_n[n]["prefkit"][method], per_n[n]["floor"]["bytes"] / 1e9
+            row += [fmt(st["wall_s"]), fmt(st["merge_s"]), fmt(st["maxrss_mb"], 0),
+                    fmt(st["merge_s"] / gb), fmt(st["ratio_floor"], 1)]
         rows.append(row)
-    floors = ", ".join(f"N={n}: {per_n[n]['floor']['seconds']:.2f}s" for n in counts)
+    floors = ", ".join(f"N={n}: {per_n[n]['floor']['bytes'] / 1e9:.1f} GB in "
+                       f"{per_n[n]['floor']['seconds']:.2f}s" for n in counts)
     print()
-    print(f"scaling with the number of models (prefkit, reference sets; warm floors {floors}):")
+    print(f"scaling with the number of models ({size}, prefkit, reference sets; warm floors {floors}):")
     print(table(headers, rows))
+
+
+def size_table(per_size: dict[str, dict], n: int, methods: list[str]) -> None:
+    """The same merge at each model size: peak memory should stay flat while the bytes grow."""
+    sizes = [size for size in per_size if "prefkit" in per_size[size].get(n, {})]
+    if len(sizes) < 2:
+        return
+    headers = ["method"]
+    for size in sizes:
+        headers += [f"{size} s", f"{size} merge s", f"{size} RSS MB", f"{size} x floor"]
+    rows = []
+    for method in methods:
+        row = [method]
+        for size in sizes:
+            st = per_size[size][n]["prefkit"][method]
+            row += [fmt(st["wall_s"]), fmt(st["merge_s"]), fmt(st["maxrss_mb"], 0),
+                    fmt(st["ratio_floor"], 1)]
+        rows.append(row)
+    described = ", ".join(f"{size}: {per_size[size]['params'] / 1e6:.0f}M params, "
+                          f"{per_size[size][n]['floor']['bytes'] / 1e9:.1f} GB read in "
+                          f"{per_size[size][n]['floor']['seconds']:.2f}s" for size in sizes)
+    print()
+    print(f"memory as models grow (N={n}; {described}):")
+    print(table(headers, rows))
+
+
+def target_lines(one: dict, methods: list[str], startup_s: float) -> list[str]:
+    """The issue's targets, met or not: wall-time ratios (medians), with prefkit's own merge
+    seconds beside them (wall = merge + Python start-up and imports, ~startup_s here)."""
+    def verdict(value: float, target: float | None) -> str:
+        if target is None:
+            return ""
+        return f" (target ≤ {target:g}: {'met' if value <= target else 'NOT met'})"
+
+    lines = []
+    for method in methods:
+        vs_mergekit, vs_floor = TARGETS[method]
+        parts = []
+        ref = one.get("prefkit", {}).get(method)
+        if ref is not None:
+            ratio = ref["wall_s"] / one["floor"]["seconds"]
+            parts.append(f"prefkit/floor {ratio:.2f}{verdict(ratio, vs_floor)}, merge only "
+                         f"{ref['merge_s'] / one['floor']['seconds']:.2f}")
+        cmp = one.get("vs_mergekit", {}).get("methods", {}).get(method)
+        if cmp is not None:
+            pk, mk = cmp["prefkit"], cmp["mergekit"]
+            parts.append(f"prefkit/mergekit {pk['wall_s'] / mk['wall_s']:.3f}"
+                         f"{verdict(pk['wall_s'] / mk['wall_s'], vs_mergekit)}, merge only vs "
+                         f"mergekit wall {pk['merge_s'] / mk['wall_s']:.3f}")
+        load = (ref or (cmp or {}).get("prefkit") or {}).get("load1_before")
+        if parts:
+            lines.append(f"  {method}: " + "; ".join(parts) + (f"; load {load:.1f}" if load else ""))
+    if lines:
+        lines.insert(0, f"targets (wall time, medians; prefkit start-up ~{startup_s:.1f}s of each wall):")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", choices=sorted(SIZES), default="base",
-                    help="base (~125M params) or large (~355M); tiny is a smoke-test size")
+    ap.add_argument("--size", default="base",
+                    help="base (~125M params) or large (~355M), or a comma list (base,large: a "
+                    "memory-as-models-grow table); tiny is a smoke-test size")
     ap.add_argument("--models", default="4",
                     help="fine-tuned models, or a comma list for a scaling table (e.g. 2,4,8)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per method (median reported)")
@@ -881,20 +960,23 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--models takes a number or a comma list of numbers")
     if not counts or min(counts) < 1:
         ap.error("--models must be >= 1")
+    sizes = [x.strip() for x in args.size.split(",") if x.strip()]
+    if not sizes or set(sizes) - set(SIZES):
+        ap.error(f"--size takes one or more of {', '.join(sorted(SIZES))}")
 
     def log(msg: str) -> None:
         print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
     CACHE.mkdir(parents=True, exist_ok=True)
-    params = sum(_numel(s) for shard in backbone_shards(SIZES[args.size]) for _, s in shard)
     results: dict = {
-        "size": args.size, "params": params, "repeats": args.repeats, "methods": methods,
+        "sizes": {size: {"params": _params(size), "sets": {}} for size in sizes},
+        "repeats": args.repeats, "methods": methods,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "torch": torch.__version__, "platform": platform.platform()},
-        "sets": {},
     }
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, python "
-          f"{platform.python_version()}; size {args.size}: {params / 1e6:.1f}M backbone params, fp32")
+          f"{platform.python_version()}; " + ", ".join(
+              f"size {size}: {_params(size) / 1e6:.1f}M backbone params" for size in sizes) + ", fp32")
     global SNAPSHOT, THREADS
     THREADS = args.threads
     results["threads"] = args.threads
@@ -912,21 +994,25 @@ def main(argv: list[str] | None = None) -> int:
     venv = ensure_mergekit(args.mergekit_venv, log) if args.vs_mergekit else None
     results["startup_s"] = startup_cost(args.repeats)
     print(f"startup (python + imports + plugin registry, no merge): {results['startup_s']:.2f}s")
-    for n in counts:
-        ref = build_set(args.size, n, args.seed, log)
-        work = CACHE / "runs" / f"{args.size}-{n}"
+    for size, n in ((size, n) for size in sizes for n in counts):
+        ref = build_set(size, n, args.seed, log)
+        work = CACHE / "runs" / f"{size}-{n}"
         work.mkdir(parents=True, exist_ok=True)
         tasks = ", ".join(f"{m['task']}:{m['labels']}" for m in ref["models"])
         print()
         print(f"set: base without head + {n} fine-tuned ({tasks} labels) under "
-              f"{(CACHE / args.size).relative_to(REPO)}")
+              f"{(CACHE / size).relative_to(REPO)}")
         one: dict = {}
         if not args.skip_reference:
             one.update(bench_reference(ref, work, methods, args.repeats, log))
         if venv is not None:
             one["vs_mergekit"] = bench_mergekit(ref, work, methods, args.mergekit_repeats or args.repeats,
-                                                args.repeats, venv, args.size, args.seed, log)
-        if args.profile and n == counts[0]:
+                                                args.repeats, venv, size, args.seed, log)
+        lines = target_lines(one, methods, results["startup_s"])
+        if lines:
+            print()
+            print("\n".join(lines))
+        if args.profile and n == counts[0] and size == sizes[0]:
             path = write_recipe(recipe(args.profile, ref, tool="prefkit"),
                                 work / f"profile-{args.profile}.yaml")
             text = profile_run(path, work / "out-profile", work / f"profile-{args.profile}.prof", 20)
@@ -935,8 +1021,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cProfile of one prefkit {args.profile} run ({n} models; main thread only: input "
                   "reads run on the prefkit-read thread and show here as waits on its future):")
             print(text)
-        results["sets"][str(n)] = one
-    scaling_table({int(n): v for n, v in results["sets"].items()}, methods)
+        results["sizes"][size]["sets"][str(n)] = one
+    for size in sizes:
+        scaling_table({int(n): v for n, v in results["sizes"][size]["sets"].items()}, methods, size)
+    size_table({size: {"params": r["params"], **{int(n): v for n, v in r["sets"].items()}}
+                for size, r in results["sizes"].items()}, counts[0], methods)
     after = results["prefkit_source_after"] = source_state()
     if not args.snapshot and after["sources_sha256"] != state["sources_sha256"]:
         print(f"\nWARNING: prefkit's sources changed during the run (commit {state['commit']} -> "

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # torch is imported inside the functions: the CLI starts with
     import torch
 
 from prefkit.api import Params, TensorInfo, TensorMethod, WeightParams, hookimpl
-from prefkit.ops import chunks
+from prefkit.ops import map_chunks
 
 
 class LinearParams(Params):
@@ -54,13 +54,16 @@ class LinearMethod(TensorMethod):
         weights = torch.tensor([p.weight for p in model_params], dtype=dtype)
         flats = [t.reshape(-1) for t in tensors]
         out = flats[0]  # owned input buffer: the result is written over it, chunk by chunk
-        for part in chunks(out.numel()):
-            result = torch.zeros(part.stop - part.start, dtype=dtype)
+
+        def merge_chunk(part: slice) -> None:
+            result = torch.zeros(part.stop - part.start, dtype=dtype, device=out.device)
             for tensor, weight in zip(flats, weights):
                 result.addcmul_(tensor[part], weight)
             if params.normalize:
                 result.div_(weights.sum())
             out[part] = result
+
+        map_chunks(merge_chunk, out.numel())
         return out.reshape(first.shape)
 
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # torch is imported inside the functions: the CLI starts with
     import torch
 
 from prefkit.api import Params, TensorInfo, TensorMethod, WeightParams, hookimpl
-from prefkit.ops import accumulator, chunks, scale_, task_vectors_
+from prefkit.ops import accumulator, map_chunks, scale_, task_vectors_
 
 
 class TaskArithmeticParams(Params):
@@ -47,23 +47,27 @@ class TaskArithmeticMethod(TensorMethod):
     ) -> torch.Tensor:
         import torch
 
-        # task vectors in place in the owned inputs, then chunk by chunk into the first buffer
-        deltas = [t.reshape(-1) for t in task_vectors_(tensors, base)]
+        # task vectors in place in the owned inputs, chunk by chunk, summed into the first buffer
+        deltas = [t.reshape(-1) for t in tensors]
         weights = [p.weight for p in model_params]
         divisor = torch.tensor(weights, dtype=base.dtype).sum() if params.normalize else None
         if divisor is not None and divisor.abs() < 1e-8:
             divisor = None
         flat_base, out = base.reshape(-1), deltas[0]
-        for part in chunks(out.numel()):
+
+        def merge_chunk(part: slice) -> None:
             mixed = accumulator(flat_base[part])
-            for delta, weight in zip(deltas, weights):
-                mixed.add_(scale_(delta[part], weight))
+            vectors = task_vectors_([d[part] for d in deltas], flat_base[part])
+            for delta, weight in zip(vectors, weights):
+                mixed.add_(scale_(delta, weight))
             mixed = mixed.to(base.dtype)
             if divisor is not None:
                 mixed /= divisor
             if params.lambda_ != 1:
                 mixed *= params.lambda_
             out[part] = mixed.add_(flat_base[part])
+
+        map_chunks(merge_chunk, out.numel())
         return out.reshape(base.shape)
 
 

@@ -30,15 +30,15 @@ if TYPE_CHECKING:  # torch is imported inside the functions: the CLI starts with
 from prefkit.api import Params, Scan, TensorInfo, TensorMethod, hookimpl
 from prefkit.ops import (
     CHUNK,
+    MagnitudeCut,
     MagnitudeSelection,
-    accumulator,
-    agrees,
     chunks,
-    elected_positive,
-    kth_largest_magnitude,
+    disjoint_mean,
+    map_chunks,
+    nonzero_divisor_,
     scale_,
+    sign_votes,
     task_vectors_,
-    threshold_mask,
 )
 
 
@@ -60,11 +60,20 @@ class TiesModelParams(Params):
 
 @dataclass
 class GlobalThresholds:
-    """Per model: the exact k-th largest |τ| (None: keep all) and how many entries equal to it
-    may still be kept (consumed in merge order)."""
+    """Per model: the exact k-th largest |τ| (None: keep all), how many entries equal to it may
+    still be kept, and how many are still to come (both spent in merge order)."""
 
     thresholds: list[float | None]
     ties_left: list[int] = field(default_factory=list)
+    equal_left: list[int] = field(default_factory=list)
+
+    def cuts(self) -> list[MagnitudeCut | None]:
+        return [None if t is None else MagnitudeCut(t, left, equal)
+                for t, left, equal in zip(self.thresholds, self.ties_left, self.equal_left)]
+
+    def spend(self, cuts: Sequence[MagnitudeCut | None]) -> None:
+        self.ties_left[:] = [c.ties if c is not None else 0 for c in cuts]
+        self.equal_left[:] = [c.equal if c is not None else 0 for c in cuts]
 
 
 class TiesMethod(TensorMethod):
@@ -92,17 +101,10 @@ class TiesMethod(TensorMethod):
     def prepare(self, scan: Scan, params: TiesParams) -> GlobalThresholds | None:
         if params.trim != "global":
             return None
-        selections: list[MagnitudeSelection] = []
-        densities: list[float] = []
-        for item in scan():  # round 1: high-bit histograms of every |τ_i|
-            if not selections:
-                selections = [MagnitudeSelection() for _ in item.tensors]
-                densities = [mp.density for mp in item.model_params]
-            for selection, tensor in zip(selections, item.tensors):
-                selection.add(tensor.sub_(item.base))
-        ks = [_keep_count(d, s.count) for d, s in zip(densities, selections)]
-        cuts = _select(selections, ks, lambda: ((item.tensors, item.base) for item in scan()))
-        return GlobalThresholds([c and c.threshold for c in cuts], [c.ties if c else 0 for c in cuts])
+        cuts = _cuts(scan, None)
+        state = GlobalThresholds([c and c.threshold for c in cuts])
+        state.spend(cuts)
+        return state
 
     def prepare_tensor(self, scan: Scan, *, params: TiesParams,
                        model_params: Sequence[TiesModelParams], info: TensorInfo) -> _Slabbed | None:
@@ -111,16 +113,10 @@ class TiesMethod(TensorMethod):
         if params.trim == "global":
             if not params.rescale:
                 return None  # the global cut-offs need nothing from this tensor
-            cuts = [None if t is None else _Cut(t, left)
-                    for t, left in zip(info.state.thresholds, info.state.ties_left)]
+            cuts = info.state.cuts()
         else:
-            selections = [MagnitudeSelection() for _ in model_params]
-            for item in scan():
-                for selection, tensor in zip(selections, item.tensors):
-                    selection.add(tensor.sub_(item.base))
-            ks = [_keep_count(mp.density, s.count) for mp, s in zip(model_params, selections)]
-            cuts = _select(selections, ks, lambda: ((item.tensors, item.base) for item in scan()))
-        ratios = [None] * len(cuts)
+            cuts = _cuts(scan, model_params)
+        ratios: list[torch.Tensor | None] = [None] * len(cuts)
         if params.rescale:
             norms = [_L1(cut) for cut in cuts]
             for item in scan():
@@ -139,80 +135,55 @@ class TiesMethod(TensorMethod):
         model_params: Sequence[TiesModelParams],
         info: TensorInfo,
     ) -> torch.Tensor:
+        import torch
+
         # Task vectors in place in the owned input buffers; after the per-model cut-offs are
         # known, everything is elementwise, so it runs chunk by chunk and the result is written
         # over the first input's buffer: peak memory stays at the inputs plus a few chunks.
-        tensor_vectors = task_vectors_(tensors, base)
+        vectors = task_vectors_(tensors, base)
         if info.tensor_state is not None:  # a slab: cut-offs (and their ties) span the tensor
             cuts, ratios = info.tensor_state.cuts, info.tensor_state.ratios
+        elif params.trim == "global":
+            cuts = info.state.cuts()
+            ratios = [_L1.of(v, c) if params.rescale else None for v, c in zip(vectors, cuts)]
         else:
-            cuts = [self._cut(d, i, mp, params, info)
-                    for i, (d, mp) in enumerate(zip(tensor_vectors, model_params))]
-            ratios = [_L1.of(d, cut) if params.rescale else None
-                      for d, cut in zip(tensor_vectors, cuts)]
-        deltas = [d.reshape(-1) for d in tensor_vectors]
+            cuts = [_tensor_cut(v, mp.density) for v, mp in zip(vectors, model_params)]
+            ratios = [_L1.of(v, c) if params.rescale else None for v, c in zip(vectors, cuts)]
+        # the weights rounded to the compute dtype, as weight tensors would be
+        weights = [float(torch.tensor(mp.weight, dtype=base.dtype)) for mp in model_params]
+        deltas = [v.reshape(-1) for v in vectors]
         flat_base, out = base.reshape(-1), deltas[0]
-        for part in chunks(out.numel()):
+
+        def merge_chunk(part: slice) -> None:
             parts = [d[part] for d in deltas]
             for delta, cut, ratio, mp in zip(parts, cuts, ratios, model_params):
                 if cut is not None:
-                    delta.mul_(cut.mask(delta))
+                    cut.trim_(delta)
                 if ratio is not None:
                     delta.mul_(ratio)
                 scale_(delta, mp.weight)
-            out[part] = self._disjoint_merge(parts, flat_base[part], params, model_params)
+            out[part] = _disjoint_merge(parts, flat_base[part], params, weights)
+
+        if any(cut is not None and cut.ordered(base.dtype) for cut in cuts):
+            for part in chunks(out.numel()):  # a cut spends its ties budget in flat order
+                merge_chunk(part)
+        else:
+            map_chunks(merge_chunk, out.numel())
         if info.state is not None:  # spend the global ties budget in merge order
-            info.state.ties_left[:] = [c.ties if c is not None else 0 for c in cuts]
+            info.state.spend(cuts)
         return out.reshape(base.shape)
 
-    @staticmethod
-    def _cut(delta, i, mp: TiesModelParams, params: TiesParams, info: TensorInfo) -> _Cut | None:
-        if params.trim == "global":
-            threshold = info.state.thresholds[i]
-            return None if threshold is None else _Cut(threshold, info.state.ties_left[i])
-        k = _keep_count(mp.density, delta.numel())
-        if k is None:
-            return None
-        if k == 0:
-            return _Cut(float("inf"), 0)
-        threshold, greater = kth_largest_magnitude(delta, k)
-        return _Cut(threshold, k - greater)
 
-    @staticmethod
-    def _disjoint_merge(parts, base, params: TiesParams, model_params) -> torch.Tensor:
-        """Elect signs and average the agreeing weighted task vectors (one chunk)."""
-        import torch
-
-        positive = elected_positive(parts, params.consensus)
-        mixed = accumulator(base)
-        divisor = accumulator(base) if params.normalize else None
-        for delta, mp in zip(parts, model_params):
-            agree = agrees(delta, positive)
-            mixed.add_(delta.mul_(agree))
-            if divisor is not None:
-                # the weight rounded to the compute dtype, as a weight tensor would be
-                divisor.add_(agree, alpha=float(torch.tensor(mp.weight, dtype=base.dtype)))
-        mixed = mixed.to(base.dtype)
-        if divisor is not None:
-            divisor = divisor.to(base.dtype)
-            divisor[divisor == 0] = 1
-            mixed /= divisor
-        if params.lambda_ != 1:
-            mixed *= params.lambda_
-        return mixed.add_(base)
-
-
-@dataclass
-class _Cut:
-    """Keep |τ| > threshold, plus the next `ties` entries equal to it (in flat order)."""
-
-    threshold: float
-    ties: int
-
-    def mask(self, delta: torch.Tensor) -> torch.Tensor:
-        mask, taken = threshold_mask(delta, self.threshold, self.ties)
-        self.ties -= taken
-        return mask
+def _disjoint_merge(parts, base, params: TiesParams, weights: list[float]) -> torch.Tensor:
+    """Elect signs and average the agreeing weighted task vectors (one chunk)."""
+    votes = sign_votes(parts, params.consensus)
+    mixed, divisor = disjoint_mean(parts, votes, weights if params.normalize else None)
+    mixed = mixed.to(base.dtype)
+    if divisor is not None:
+        mixed /= nonzero_divisor_(divisor.to(base.dtype))
+    if params.lambda_ != 1:
+        mixed *= params.lambda_
+    return mixed.add_(base)
 
 
 @dataclass
@@ -220,8 +191,42 @@ class _Slabbed:
     """What `prepare_tensor` found for a tensor merged in slabs: per model, the cut (its ties
     budget is spent slab by slab, in row order) and the rescale ratio."""
 
-    cuts: list[_Cut | None]
+    cuts: list[MagnitudeCut | None]
     ratios: list[torch.Tensor | None]
+
+
+def _tensor_cut(delta: torch.Tensor, density: float) -> MagnitudeCut | None:
+    """Per-tensor trimming of a whole tensor: keep its k largest |τ| (None: keep all)."""
+    k = _keep_count(density, delta.numel())
+    if not k:
+        return None if k is None else MagnitudeCut.nothing()
+    selection = MagnitudeSelection()
+    selection.add(delta)
+    if selection.choose(k):
+        selection.add(delta)
+    return MagnitudeCut.keep(selection, k)
+
+
+def _cuts(scan: Scan, model_params: Sequence[TiesModelParams] | None) -> list[MagnitudeCut | None]:
+    """Each model's cut over everything `scan()` yields (τ_i = tensor − base): the whole task
+    vector (`model_params` None: densities from the items) or one tensor's slabs. Two passes
+    over the inputs at most; the second only for models with more than a few values."""
+    selections: list[MagnitudeSelection] = []
+    densities: list[float] = []
+    for item in scan():
+        if not selections:
+            selections = [MagnitudeSelection() for _ in item.tensors]
+            densities = [mp.density for mp in (model_params or item.model_params)]
+        for selection, tensor in zip(selections, item.tensors):
+            selection.add(tensor.sub_(item.base))
+    ks = [_keep_count(d, s.count) for d, s in zip(densities, selections)]
+    again = [i for i, k in enumerate(ks) if k and selections[i].choose(k)]
+    if again:
+        for item in scan():
+            for i in again:
+                selections[i].add(item.tensors[i].sub_(item.base))
+    return [None if k is None else MagnitudeCut.keep(s, k) if k else MagnitudeCut.nothing()
+            for k, s in zip(ks, selections)]
 
 
 class _L1:
@@ -231,12 +236,12 @@ class _L1:
     each row (first dimension) in float64 with numpy's pairwise sum, rows added in order.
     """
 
-    def __init__(self, cut: _Cut | None):
-        self.probe = None if cut is None else _Cut(cut.threshold, cut.ties)  # its own ties budget
+    def __init__(self, cut: MagnitudeCut | None):
+        self.probe = None if cut is None else cut.copy()  # its own ties budget
         self.before = self.after = 0.0
 
     @classmethod
-    def of(cls, delta: torch.Tensor, cut: _Cut | None) -> torch.Tensor | None:
+    def of(cls, delta: torch.Tensor, cut: MagnitudeCut | None) -> torch.Tensor | None:
         norm = cls(cut)
         norm.add(delta)
         return norm.ratio(delta.dtype)
@@ -270,22 +275,6 @@ def _add_rows(total: float, mag: torch.Tensor) -> float:
 
     sums = mag.double().cpu().numpy().sum(axis=1)
     return float(np.cumsum(np.concatenate([[total], sums]))[-1])
-
-
-def _select(selections: list[MagnitudeSelection], ks: list[int | None], rescan) -> list[_Cut | None]:
-    """Each model's cut from round-1 selections and keep counts (None: keep all); `rescan()`
-    yields (tensors, base) again for round 2, which runs only if some model needs it."""
-    cuts: list[_Cut | None] = [None if k is None else _Cut(float("inf"), 0) for k in ks]
-    todo = [i for i, k in enumerate(ks) if k]
-    again = [i for i in todo if selections[i].choose(ks[i])]
-    if again:
-        for tensors, base in rescan():
-            for i in again:
-                selections[i].add(tensors[i].sub_(base))
-    for i in todo:
-        threshold, greater, _ = selections[i].result()
-        cuts[i] = _Cut(threshold, ks[i] - greater)
-    return cuts
 
 
 def _keep_count(density: float, n: int) -> int | None:

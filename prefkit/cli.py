@@ -137,8 +137,13 @@ def build_cli(registry_factory: RegistryFactory = _default_registry) -> click.Gr
     @click.option("--allow-pickle", is_flag=True, help=ALLOW_PICKLE_HELP)
     @click.option("--allow-nonfinite", is_flag=True,
                   help="Merge input tensors that hold NaN or Inf (refused by default).")
+    @click.option("--threads", type=click.IntRange(min=1), help="Threads for the merge arithmetic "
+                  "and for reading inputs; default: all cores. Outputs do not depend on it.")
+    @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+                  help="Where the merge arithmetic runs (cuda: a GPU, inputs staged in pinned memory).")
     def run(recipes, output, overrides, force, quiet, max_shard_size, executor, workers,
-            evaluate_only, log_level, log_format, log_file, allow_pickle, allow_nonfinite) -> None:
+            evaluate_only, log_level, log_format, log_file, allow_pickle, allow_nonfinite,
+            threads, device) -> None:
         """Merge each recipe; one JSON result line per recipe on stdout.
 
         All recipes are validated first; a failing recipe does not stop the others, and the exit
@@ -155,9 +160,14 @@ def build_cli(registry_factory: RegistryFactory = _default_registry) -> click.Gr
 
         if output and len(recipes) > 1:
             raise click.UsageError("-o/--output takes one recipe; set output: in each recipe instead")
+        if device != "cpu":  # before any recipe runs
+            from prefkit.slabs import check_device
+
+            check_device(device)
         code = run_batch(recipes, registry(), output=output, overrides=overrides, force=force,
                          quiet=quiet, max_shard_bytes=max_shard_size, report=_report, sweep=sweep,
-                         allow_pickle=allow_pickle, allow_nonfinite=allow_nonfinite)
+                         allow_pickle=allow_pickle, allow_nonfinite=allow_nonfinite,
+                         threads=threads, device=device)
         if code:
             sys.exit(code)
 

@@ -11,6 +11,7 @@ when complete, so a failure leaves nothing behind.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -31,9 +32,18 @@ from prefkit.io.outdir import (
     write_error,
 )
 from prefkit.io.writer import OutTensor, ShardWriter, plan_shards
+from prefkit.ops import merge_threads
 from prefkit.plan import Plan, fingerprint
 from prefkit.progress import NullReporter, Reporter
-from prefkit.slabs import DEFAULT_BUDGET, Prefetcher, Slab, SlabLoader, group_bytes, slabs_of
+from prefkit.slabs import (
+    DEFAULT_BUDGET,
+    Slab,
+    SlabIO,
+    SlabLoader,
+    check_device,
+    group_bytes,
+    slabs_of,
+)
 
 DEFAULT_SHARD_BYTES = 5 * 1000**3
 
@@ -57,13 +67,16 @@ def execute(plan: Plan, *, reporter: Reporter | None = None, force: bool = False
     `provenance` (merged into prefkit.json). An input tensor holding NaN/Inf is an error unless
     `allow_nonfinite`. Solver methods pass their learned `state` (it reaches `merge` as
     `info.state`; `prepare` is not called) and `files` (name → text, written into the output).
-    `threads`: torch's intra-op threads and parallel input reads (None: all cores, torch's
-    default). `device`: where the arithmetic runs ("cpu", or "cuda" with pinned host buffers).
+    `threads` (None: all cores): the merge's threads, and how many inputs are read at once; an
+    `elementwise` method's chunks are spread over them (torch's own threads set to 1 meanwhile),
+    another method gets them as torch's intra-op threads. Outputs do not depend on it.
+    `device`: where the arithmetic runs ("cpu", or "cuda" with pinned host buffers).
 
     Raises:
         OutputError: the output exists and `force` is false, or cannot be written (disk full).
         MergeError / CheckpointError: a method or an input failed; nothing is left behind.
     """
+    check_device(device)
     reporter = reporter or NullReporter()
     out = plan.output
     for note in recover_interrupted(out):
@@ -99,19 +112,13 @@ def execute(plan: Plan, *, reporter: Reporter | None = None, force: bool = False
 def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes: int,
                    weights=None, allow_nonfinite: bool = False, state=None, threads=None,
                    device: str = "cpu") -> int:
-    outs = [OutTensor(p.name, p.out_dtype, p.shape) for p in plan.tensors]
-    shards = plan_shards(outs, max_shard_bytes)
-    writer = ShardWriter(folder, shards, {
-        "format": "pt", "prefkit_version": prefkit.__version__,
-        "recipe_sha256": plan.loaded.digest,
-    })
     method = plan.method.method
     uses_base = plan.base is not None and method.base == "required"
     inputs = len(plan.inputs) + uses_base
     split = weights is None and getattr(method, "elementwise", False)
-    io_threads = min(resolve_threads(threads), inputs)
+    threads = threads or all_cores()
     loader = SlabLoader(uses_base, allow_nonfinite=allow_nonfinite, pooled=split, device=device,
-                        io_threads=io_threads)
+                        io_threads=min(threads, inputs))
     units = [s for tp in plan.tensors for s in slabs_of(tp, inputs, DEFAULT_BUDGET, split)]
     # Reading the next slab overlaps merging this one, unless the two together would outgrow
     # both two slab budgets and the largest single group (an unsplit tensor is read alone).
@@ -120,45 +127,56 @@ def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes
     def overlap(a: Slab, b: Slab) -> bool:
         return group_bytes(a.plan, inputs, _rows(a)) + group_bytes(b.plan, inputs, _rows(b)) <= limit
 
-    reads = Prefetcher(_Given(weights, loader).load if weights is not None else loader.load, overlap)
+    io = SlabIO(_Given(weights, loader).load if weights is not None else loader.load, overlap)
+    outs = [OutTensor(p.name, p.out_dtype, p.shape) for p in plan.tensors]
+    writer = ShardWriter(folder, plan_shards(outs, max_shard_bytes), {
+        "format": "pt", "prefkit_version": prefkit.__version__,
+        "recipe_sha256": plan.loaded.digest,
+    }, submit=io.submit)
     total = sum(o.nbytes for o in outs)
     try:
-        if weights is None and state is None:
-            state = method.prepare(lambda: _scan(plan, units, reads, None), plan.shared_params)
-        reporter.start(len(outs), total, f"{method.name} → {plan.output}")
-        tensor_state = None
-        for i, slab in enumerate(units):
-            tp = slab.plan
-            if slab.count > 1 and slab.index == 0:
-                tensor_state = _prepare_tensor(plan, units[i:i + slab.count], reads, state)
-            tensors, base = reads.get(slab, units[i + 1] if i + 1 < len(units) else None)
-            if tp.copy or weights is not None:
-                result = tensors[0]
-            else:
-                result = _merge_one(plan, slab, tensors, base, slab.info(state, tensor_state))
-            writer.write(tp.name, loader.output(result, tp.out_dtype))
-            del tensors, base, result
-            if slab.last:
-                reporter.advance(tp.name, OutTensor(tp.name, tp.out_dtype, tp.shape).nbytes)
-                tensor_state = None
+        # elementwise methods: chunks spread over the threads; others: torch's own threads
+        with merge_threads(threads, chunked=split):
+            if weights is None and state is None:
+                state = method.prepare(lambda: _scan(plan, units, io, None), plan.shared_params)
+            reporter.start(len(outs), total, f"{method.name} → {plan.output}")
+            _merge_units(plan, units, io, writer, loader, reporter, state, weights is not None)
         writer.close()
     except BaseException:
         writer.abort()
         raise
     finally:
-        reads.close()
+        io.close()
         loader.close()
     return total
 
 
-def resolve_threads(threads: int | None) -> int:
-    """Apply `threads` to torch's intra-op pool (None: torch's default, one per core); the
-    number of threads in use."""
-    import torch
+def _merge_units(plan: Plan, units: list[Slab], io: SlabIO, writer: ShardWriter,
+                 loader: SlabLoader, reporter: Reporter, state, given: bool) -> None:
+    """Read, merge and write every slab in order (the per-tensor pre-pass before a split one)."""
+    tensor_state = None
+    for i, slab in enumerate(units):
+        tp = slab.plan
+        if slab.count > 1 and slab.index == 0:
+            tensor_state = _prepare_tensor(plan, units[i:i + slab.count], io, state)
+        tensors, base = io.get(slab, units[i + 1] if i + 1 < len(units) else None)
+        if tp.copy or given:
+            result = tensors[0]
+        else:
+            result = _merge_one(plan, slab, tensors, base, slab.info(state, tensor_state))
+        writer.write(tp.name, loader.output(result, tp.out_dtype, io.slot))
+        del tensors, base, result
+        if slab.last:
+            reporter.advance(tp.name, OutTensor(tp.name, tp.out_dtype, tp.shape).nbytes)
+            tensor_state = None
 
-    if threads is not None:
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
+
+def all_cores() -> int:
+    """The cores this process may run on (the default of `--threads`)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _rows(slab: Slab) -> int | None:
@@ -204,21 +222,21 @@ def _merge_one(plan: Plan, slab: Slab, tensors, base, info: TensorInfo):
     return result
 
 
-def _prepare_tensor(plan: Plan, slabs: list[Slab], reads: Prefetcher, state):
+def _prepare_tensor(plan: Plan, slabs: list[Slab], io: SlabIO, state):
     """The method's per-tensor pre-pass over a tensor merged in slabs (TIES per-tensor top-k)."""
     tp = slabs[0].plan
     return plan.method.method.prepare_tensor(
-        lambda: _scan(plan, slabs, reads, state, then=slabs[0]), params=tp.params,
+        lambda: _scan(plan, slabs, io, state, then=slabs[0]), params=tp.params,
         model_params=tp.model_params, info=replace(tp.info, state=state))
 
 
-def _scan(plan: Plan, units: list[Slab], reads: Prefetcher, state, then: Slab | None = None):
+def _scan(plan: Plan, units: list[Slab], io: SlabIO, state, then: Slab | None = None):
     """Yield every mergeable slab of `units` for a method's pre-pass, re-reading the inputs; the
     read after the last one is `then` (default: the first unit, which comes next)."""
     mergeable = [u for u in units if not u.plan.copy]
     after = then or (mergeable[0] if mergeable else None)
     for i, slab in enumerate(mergeable):
-        tensors, base = reads.get(slab, mergeable[i + 1] if i + 1 < len(mergeable) else after)
+        tensors, base = io.get(slab, mergeable[i + 1] if i + 1 < len(mergeable) else after)
         yield ScanItem(slab.info(state), tensors, base, slab.plan.model_params)
 
 

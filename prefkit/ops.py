@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import lazy_loader
 
@@ -18,7 +23,7 @@ def task_vectors_(tensors: Sequence[torch.Tensor], base: torch.Tensor) -> list[t
 def accumulator(like: torch.Tensor) -> torch.Tensor:
     """A zeroed sum buffer: float32 for half dtypes (as torch's own sum accumulates), else alike."""
     dtype = torch.float32 if like.dtype in (torch.float16, torch.bfloat16) else like.dtype
-    return torch.zeros(like.shape, dtype=dtype)
+    return torch.zeros(like.shape, dtype=dtype, device=like.device)
 
 
 def scale_(tensor: torch.Tensor, weight: float) -> torch.Tensor:
@@ -35,17 +40,25 @@ def flat_magnitudes(delta: torch.Tensor) -> torch.Tensor:
 def magnitude_bits(delta: torch.Tensor) -> torch.Tensor:
     """|δ| as float32 bit patterns (int32, flat): for non-negative floats, integer order = value
     order, so exact selection can count bits instead of sorting."""
+    if delta.dtype == torch.float32 and delta.is_contiguous():  # |δ| is δ without its sign bit
+        return delta.reshape(-1).view(torch.int32) & 0x7FFFFFFF
     return flat_magnitudes(delta).float().view(torch.int32)
 
 
-def high_histogram(bits: torch.Tensor) -> torch.Tensor:
-    """Counts of the 2^15 high-bit bins of non-negative float32 bit patterns."""
-    return torch.bincount(bits >> 16, minlength=1 << 15)
+def high_histogram(bits: torch.Tensor, *, consume: bool = False) -> torch.Tensor:
+    """Counts of the 2^15 high-bit bins of non-negative float32 bit patterns (`consume`: shift
+    `bits`, a scratch buffer, in place instead of allocating)."""
+    high = bits.bitwise_right_shift_(16) if consume else bits >> 16
+    return torch.bincount(high, minlength=1 << 15)
 
 
-def low_histogram(bits: torch.Tensor, high_bin: int) -> torch.Tensor:
-    """Counts of the 2^16 low-bit values among the patterns in one high-bit bin."""
-    return torch.bincount(bits[(bits >> 16) == high_bin] & 0xFFFF, minlength=1 << 16)
+def low_histogram(bits: torch.Tensor, high_bin: int, *, consume: bool = False) -> torch.Tensor:
+    """Counts of the 2^16 low-bit values among the patterns in one high-bit bin (`consume`: as
+    for `high_histogram`)."""
+    # Patterns below the bin land in the extra first count, those above in the extra last one:
+    # no boolean indexing, which costs more than the histogram itself.
+    offsets = bits.sub_((high_bin << 16) - 1) if consume else bits - ((high_bin << 16) - 1)
+    return torch.bincount(offsets.clamp_(0, (1 << 16) + 1), minlength=(1 << 16) + 2)[1:-1]
 
 
 def bin_of_kth_largest(histogram: torch.Tensor, k: int, above: int = 0) -> tuple[int, int]:
@@ -63,13 +76,50 @@ def bits_to_float(pattern: int) -> float:
     return float(torch.tensor([pattern], dtype=torch.int32).view(torch.float32))
 
 
-CHUNK = 1 << 20  # elements per chunk: large enough to amortise Python, small enough for cache
+CHUNK = 1 << 18  # elements per chunk (1 MiB of float32): amortises Python, stays in cache
 
 
 def chunks(n: int, size: int = CHUNK):
     """Slices covering range(n) in order, `size` elements each (the last may be shorter)."""
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
+
+
+# The merge's worker threads (`merge_threads`), for `map_chunks`; None: the calling thread.
+_workers: contextvars.ContextVar[ThreadPoolExecutor | None] = contextvars.ContextVar(
+    "prefkit_chunk_workers", default=None)
+
+
+def map_chunks(fn: Callable[[slice], Any], n: int, size: int = CHUNK) -> list[Any]:
+    """[fn(part) for part in chunks(n, size)], spread over the merge's threads (`merge_threads`).
+
+    Each chunk runs whole on one thread, so it stays in that core's cache; `fn` must only write
+    to its own chunk (results come back in chunk order, so sums of them are deterministic).
+    """
+    parts = list(chunks(n, size))
+    pool = _workers.get()
+    if pool is None or len(parts) < 2:
+        return [fn(part) for part in parts]
+    return list(pool.map(fn, parts))
+
+
+@contextlib.contextmanager
+def merge_threads(n: int, chunked: bool = True):
+    """Within the block, `map_chunks` spreads chunks over `n` threads and torch's own intra-op
+    threads are 1: one level of parallelism, as a small elementwise operation split over threads
+    costs more in hand-offs than it saves (`chunked` False: torch's threads are `n` instead, for
+    methods that merge whole tensors). Torch's setting is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1 if chunked else n)
+    pool = ThreadPoolExecutor(n, thread_name_prefix="prefkit-merge") if chunked and n > 1 else None
+    token = _workers.set(pool)
+    try:
+        yield
+    finally:
+        _workers.reset(token)
+        if pool is not None:
+            pool.shutdown()
+        torch.set_num_threads(before)
 
 
 class MagnitudeSelection:
@@ -100,12 +150,28 @@ class MagnitudeSelection:
             if self._kept is not None and self.count <= self.SMALL:
                 self._kept.append(magnitude_bits(flat).clone())
                 return
-            for bits in [*(self._kept or ()), *(magnitude_bits(flat[p]) for p in chunks(flat.numel()))]:
-                self._high = _add(self._high, high_histogram(bits))
+            for bits in self._kept or ():
+                self._high = _add(self._high, high_histogram(bits, consume=True))
             self._kept = None
+            for counts in map_chunks(lambda p: high_histogram(self._bits(flat[p]), consume=True),
+                                     flat.numel()):
+                self._high = _add(self._high, counts)
         elif self._bin is not None:  # round 2
-            for part in chunks(flat.numel()):
-                self._low = _add(self._low, low_histogram(magnitude_bits(flat[part]), self._bin[0]))
+            high_bin = self._bin[0]
+            for counts in map_chunks(lambda p: low_histogram(self._bits(flat[p]), high_bin,
+                                                             consume=True), flat.numel()):
+                self._low = _add(self._low, counts)
+
+    def _bits(self, piece: torch.Tensor) -> torch.Tensor:
+        """`magnitude_bits` of a chunk, into a buffer reused by the thread (no allocation per
+        chunk)."""
+        if piece.dtype != torch.float32 or not piece.is_contiguous():
+            return magnitude_bits(piece)
+        scratch = getattr(_scratch, "bits", None)
+        if scratch is None or scratch.device != piece.device:
+            scratch = _scratch.bits = torch.empty(CHUNK, dtype=torch.int32, device=piece.device)
+        out = scratch[:piece.numel()]
+        return torch.bitwise_and(piece.reshape(-1).view(torch.int32), 0x7FFFFFFF, out=out)
 
     def choose(self, k: int) -> bool:
         """End round 1: the k-th largest (1 ≤ k ≤ count) is wanted. True when a second round
@@ -129,6 +195,9 @@ class MagnitudeSelection:
             low_bits, greater = bin_of_kth_largest(low, self._k, above)
             self._found = (bits_to_float((high_bin << 16) | low_bits), greater, int(low[low_bits]))
         return self._found
+
+
+_scratch = threading.local()  # per thread: a chunk of int32 bit patterns
 
 
 def _add(total: torch.Tensor | None, counts: torch.Tensor) -> torch.Tensor:
@@ -174,12 +243,114 @@ def threshold_mask(delta: torch.Tensor, threshold: float, ties: int) -> tuple[to
     return mask.reshape(delta.shape), taken
 
 
-def elected_positive(deltas: Sequence[torch.Tensor], method: str = "sum") -> torch.Tensor:
-    """TIES sign election over weighted task vectors: True where the elected sign is +.
+class MagnitudeCut:
+    """Keeps the k entries of largest |δ| of a tensor (or of a whole task vector), met piece by
+    piece in flat order: every entry above `threshold` (the k-th largest magnitude), and of the
+    `equal` entries equal to it, the first `ties` (the lowest flat indices).
 
-    `sum`: the sign of Σ_i w_i δ̂_i (0 elects +). `count`: the sign held by more models (a tie
-    elects +). Entries that are 0 never agree with either sign.
+    Trimming is one comparison while the ties at the cut-off are all to be kept or none is (the
+    usual case: one entry equals the k-th largest); only while some but not all of them are
+    left does a piece look for them, spending `ties` and `equal` as it goes.
     """
+
+    def __init__(self, threshold: float, ties: int, equal: int):
+        self.threshold, self.ties, self.equal = threshold, ties, equal
+
+    @classmethod
+    def keep(cls, selection: MagnitudeSelection, k: int) -> MagnitudeCut:
+        """The cut keeping the k largest of what `selection` saw (after its last round)."""
+        threshold, greater, equal = selection.result()
+        return cls(threshold, k - greater, equal)
+
+    @classmethod
+    def nothing(cls) -> MagnitudeCut:
+        return cls(float("inf"), 0, 0)
+
+    def ordered(self, dtype: torch.dtype) -> bool:
+        """Whether pieces must be trimmed in flat order (some ties at the cut-off are kept and
+        some not: each piece spends the budget), or may be trimmed in any order (in parallel)."""
+        if dtype != torch.float64 and (self.ties <= 0 or self.threshold == 0):
+            return False
+        return not (dtype == torch.float32 and self.ties >= self.equal)
+
+    def copy(self) -> MagnitudeCut:
+        return MagnitudeCut(self.threshold, self.ties, self.equal)
+
+    def trim_(self, delta: torch.Tensor) -> torch.Tensor:
+        """Zero the entries of `delta` (the next piece, in place) that the cut drops."""
+        # float64 entries are cut by their float32 magnitudes (as selected): only the mask does
+        if delta.dtype != torch.float64 and (self.ties <= 0 or self.threshold == 0):
+            return torch.hardshrink(delta, self.threshold, out=delta)  # keeps |δ| > t
+        if delta.dtype == torch.float32:
+            # every equal entry from here on is kept, or at least every one in this piece
+            here = 0 if self.ties >= self.equal else _count_equal(delta, self.threshold)
+            if here <= self.ties:
+                self.ties, self.equal = self.ties - here, self.equal - here
+                below = bits_to_float(float_bits(self.threshold) - 1)  # |δ| ≥ t is |δ| > t⁻
+                return torch.hardshrink(delta, below, out=delta)
+        return delta.mul_(self.mask(delta))
+
+    def mask(self, delta: torch.Tensor) -> torch.Tensor:
+        """The keep-mask of the next piece (spends the ties, as `trim_` does)."""
+        mask, taken = threshold_mask(delta, self.threshold, self.ties)
+        if self.ties > 0:
+            self.equal -= _count_equal(delta, self.threshold)
+        self.ties -= taken
+        return mask
+
+
+def _count_equal(delta: torch.Tensor, threshold: float) -> int:
+    return int((flat_magnitudes(delta).float() == threshold).sum())
+
+
+def float_bits(value: float) -> int:
+    return int(torch.tensor([value], dtype=torch.float32).view(torch.int32))
+
+
+def disjoint_mean(deltas: Sequence[torch.Tensor], votes: torch.Tensor,
+                  weights: Sequence[float] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """TIES's disjoint merge of weighted task vectors: Σ_i δ_i [δ_i agrees with the elected sign]
+    and, with `weights`, Σ_i w_i [δ_i agrees] (float32 sums for half dtypes; zeros never agree).
+    `votes` is `sign_votes(deltas)`: the elected sign is + where it is ≥ 0.
+
+    The sums run in model order, as mergekit's `(δ · agree).sum(0)` does, but with no boolean
+    mask per model (slow on CPU): the positive and negative parts are summed apart (clamp) and
+    the elected one is taken by the sign bit of the votes at the end.
+    """
+    part = torch.empty_like(deltas[0])
+    sums = [accumulator(deltas[0]), accumulator(deltas[0])]  # positive, negative parts
+    counts = [accumulator(deltas[0]), accumulator(deltas[0])] if weights is not None else None
+    for i, delta in enumerate(deltas):
+        for side, clamp in enumerate((torch.clamp_min, torch.clamp_max)):
+            clamp(delta, 0, out=part)
+            sums[side].add_(part)
+            if counts is not None:  # sign(part) is ±1 where δ agrees with this side, else 0
+                counts[side].add_(part.sign_(), alpha=weights[i] if side == 0 else -weights[i])
+    mixed = by_sign(votes, *sums)
+    return mixed, (by_sign(votes, *counts) if counts is not None else None)
+
+
+def by_sign(votes: torch.Tensor, nonnegative: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """`nonnegative` where votes ≥ 0, else `negative` (overwritten with the result), chosen by
+    the sign bit with integer masks: exact, and several times faster than `torch.where` on CPU.
+    Votes are sums that start from +0, so they are never -0."""
+    ints = {torch.float32: torch.int32, torch.float64: torch.int64}[votes.dtype]
+    negative_mask = votes.view(ints) >> (8 * votes.element_size() - 1)  # -1 where sign bit set
+    picked = negative.view(ints)
+    picked.bitwise_and_(negative_mask)
+    return picked.bitwise_or_(negative_mask.bitwise_not_().bitwise_and_(nonnegative.view(ints))) \
+        .view(votes.dtype)
+
+
+def nonzero_divisor_(divisor: torch.Tensor) -> torch.Tensor:
+    """Replace zeros by 1 in place (`divisor[divisor == 0] = 1` without a boolean mask)."""
+    is_zero = divisor.abs().sign_().neg_().add_(1)  # 1 where 0, 0 elsewhere (NaN stays NaN)
+    return divisor.add_(is_zero)
+
+
+def sign_votes(deltas: Sequence[torch.Tensor], method: str = "sum") -> torch.Tensor:
+    """The TIES sign vote per entry (float32 for half dtypes): Σ_i w_i δ̂_i (`sum`) or Σ_i sign(δ̂_i)
+    (`count`), summed from +0 in model order; the elected sign is + where it is ≥ 0."""
     total = accumulator(deltas[0])
     if method == "sum":
         for d in deltas:
@@ -189,7 +360,16 @@ def elected_positive(deltas: Sequence[torch.Tensor], method: str = "sum") -> tor
             total.add_(d.sign())
     else:
         raise ValueError(f"consensus must be 'sum' or 'count', not {method!r}")
-    return total.ge_(0).to(torch.bool)
+    return total
+
+
+def elected_positive(deltas: Sequence[torch.Tensor], method: str = "sum") -> torch.Tensor:
+    """TIES sign election over weighted task vectors: True where the elected sign is +.
+
+    `sum`: the sign of Σ_i w_i δ̂_i (0 elects +). `count`: the sign held by more models (a tie
+    elects +). Entries that are 0 never agree with either sign.
+    """
+    return sign_votes(deltas, method).ge_(0).to(torch.bool)
 
 
 def agrees(delta: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,10 @@ slab (the whole tensor). A larger group of a method that declares itself `elemen
 are consecutive bytes of the file, so each input's slab is one positioned read.
 
 For such methods, slabs are read into reused buffers: two sets, taken in turn, so the next slab is
-read on a background thread while this one is merged, and no buffer is allocated (and its pages
-faulted in) per tensor. Peak memory is then about two slabs, whatever the size of the models.
-Other methods keep what the API promised them: fresh whole tensors for every call.
+read while this one is merged, and no buffer is allocated (and its pages faulted in) per tensor.
+Peak memory is then about two slabs, whatever the size of the models. Other methods keep what the
+API promised them: fresh whole tensors for every call. Reads and writes run on background
+threads (`SlabIO`), so the arithmetic on the main thread overlaps both.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from prefkit.api import TensorInfo
+from prefkit.errors import MergeError
 from prefkit.io.checkpoint import ITEMSIZE, TensorMeta, TensorReader
 from prefkit.plan import TensorPlan
 
@@ -72,6 +74,23 @@ def slabs_of(plan: TensorPlan, inputs: int, budget: int, split: bool) -> list[Sl
     step = math.ceil(rows / count)
     starts = range(0, rows, step)
     return [Slab(plan, (a, min(a + step, rows)), i, len(starts)) for i, a in enumerate(starts)]
+
+
+def check_device(device: str) -> None:
+    """Raise a one-line error unless the arithmetic can run on `device` here."""
+    if device == "cpu":
+        return
+    import torch
+
+    if device.split(":")[0] == "cuda" and torch.cuda.is_available():
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index < torch.cuda.device_count():
+            return
+        raise MergeError(f"--device {device}: this machine has {torch.cuda.device_count()} "
+                         "CUDA device(s)", hint="pick one of them, or run with --device cpu")
+    build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+    raise MergeError(f"--device {device}: CUDA is not available here (torch {torch.__version__}, "
+                     f"{build}, no GPU visible)", hint="run with --device cpu (the default)")
 
 
 class BufferPool:
@@ -163,15 +182,16 @@ class SlabLoader:
         nbytes = (meta.nbytes // meta.shape[0] * count) if meta.shape and meta.shape[0] else meta.nbytes
         return self.reader.read(meta, rows, out=self.pool.take((*key, "raw"), nbytes))
 
-    def output(self, result, dtype: str):
-        """The merged slab in the output dtype, on the host, ready to write."""
+    def output(self, result, dtype: str, slot: int = 0):
+        """The merged slab in the output dtype, on the host, ready to write (into the buffer
+        set `slot` of the slab it came from: it is written before that set is read into)."""
         import torch
 
         if str(result.dtype) == f"torch.{dtype}" and result.device.type == "cpu":
             return result
         if self.pool is None:
             return result.to(device="cpu", dtype=getattr(torch, dtype))
-        return self.pool.tensor("out", dtype, tuple(result.shape)).copy_(result)
+        return self.pool.tensor((slot, "out"), dtype, tuple(result.shape)).copy_(result)
 
     def close(self) -> None:
         if self._io is not None:
@@ -179,37 +199,57 @@ class SlabLoader:
         self.reader.close()
 
 
-class Prefetcher:
-    """Reads slabs one ahead on a background thread.
+class SlabIO:
+    """Two background threads: one reads slabs ahead, one writes results behind.
 
     `get(slab, then)` returns `slab`'s (tensors, base), from the background read when the last
-    call named it as `then`, and starts reading `then`. The caller must be done with the
-    previous slab's tensors when it calls `get` (buffers are reused). `overlap(a, b)` says
-    whether the two slabs may be in memory together (a huge unsplit tensor is read alone).
+    call named it as `then`, and starts reading `then` into the other buffer set. `submit` queues
+    a file operation of the writer (in order, on the writing thread) that belongs to the slab
+    returned last: a buffer set is read into again only after its writes are done. The caller
+    must be done with the previous slab's tensors when it calls `get`. `overlap(a, b)` says
+    whether two slabs may be in memory together (a huge unsplit tensor is read alone).
     """
 
     def __init__(self, load, overlap=lambda a, b: True):
         self._load, self._overlap = load, overlap
-        self._thread = ThreadPoolExecutor(1, "prefkit-read")
+        self._reader = ThreadPoolExecutor(1, "prefkit-read")
+        self._writer = ThreadPoolExecutor(1, "prefkit-write")
         self._pending: tuple[Slab, int, Any] | None = None
-        self._slot = 0  # the buffer set of the slab returned last
+        self._writes: list[Any] = [None, None]  # per buffer set: its last queued write
+        self.slot = 0  # the buffer set of the slab returned last
 
     def get(self, slab: Slab, then: Slab | None = None):
         pending, self._pending = self._pending, None
         if pending is not None and pending[0] is slab:
-            self._slot = pending[1]
+            self.slot = pending[1]
             value = pending[2].result()
         else:
             if pending is not None:
                 pending[2].exception()  # a guess that missed: wait for it, drop it
-            value = self._load(slab, self._slot)
+            value = self._read(slab, self.slot).result()
         if then is not None and self._overlap(slab, then):
-            other = 1 - self._slot
-            self._pending = (then, other, self._thread.submit(self._load, then, other))
+            other = 1 - self.slot
+            self._pending = (then, other, self._read(then, other))
         return value
+
+    def _read(self, slab: Slab, slot: int):
+        written = self._writes[slot]  # the set's bytes must be on their way to disk first
+        return self._reader.submit(_after, written, self._load, slab, slot)
+
+    def submit(self, fn, *args):
+        job = self._writer.submit(fn, *args)
+        self._writes[self.slot] = job
+        return job
 
     def close(self) -> None:
         if self._pending is not None:
             self._pending[2].exception()
             self._pending = None
-        self._thread.shutdown()
+        self._reader.shutdown()
+        self._writer.shutdown()
+
+
+def _after(job, fn, *args):
+    if job is not None:
+        job.exception()  # wait; its error is the writer's to report
+    return fn(*args)

@@ -15,7 +15,8 @@ from prefkit.executor import DEFAULT_SHARD_BYTES
 
 def run_batch(recipes, registry, *, output, overrides, force, quiet, max_shard_bytes,
               report: Callable[[PrefkitError], None], sweep=None, allow_pickle: bool = False,
-              allow_nonfinite: bool = False) -> int:
+              allow_nonfinite: bool = False, threads: int | None = None,
+              device: str = "cpu") -> int:
     """Run recipes; print one JSON line per recipe on stdout; return the worst exit code.
     A sweep recipe (preferences:/methods:) runs all its points, with `sweep` (SweepOptions)."""
     from prefkit.commands.sweep_run import check_recipe, run_sweep_recipe
@@ -42,7 +43,8 @@ def run_batch(recipes, registry, *, output, overrides, force, quiet, max_shard_b
                 else:
                     line = run_recipe(loaded, registry, output=output, force=force, quiet=quiet,
                                       max_shard_bytes=max_shard_bytes, allow_pickle=allow_pickle,
-                                      allow_nonfinite=allow_nonfinite)
+                                      allow_nonfinite=allow_nonfinite, threads=threads,
+                                      device=device)
                 click.echo(json.dumps({"recipe": path, **line}))
                 continue
             except PrefkitError as exc:
@@ -56,10 +58,12 @@ def run_batch(recipes, registry, *, output, overrides, force, quiet, max_shard_b
 
 def run_recipe(loaded, registry, *, output: str | Path | None = None, force: bool = False,
                quiet: bool = False, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
-               allow_pickle: bool = False, allow_nonfinite: bool = False) -> dict[str, Any]:
+               allow_pickle: bool = False, allow_nonfinite: bool = False,
+               threads: int | None = None, device: str = "cpu") -> dict[str, Any]:
     """Run one loaded recipe, whatever its method's kind, then its `evaluate:` step.
 
     `allow_pickle` reads pickle checkpoints (weights_only); `allow_nonfinite` merges NaN/Inf inputs.
+    `threads` and `device` set where a tensor method's merge runs (see `prefkit.executor.execute`).
 
     Returns the result line (status, output, method, tensors, bytes, seconds and, with
     `evaluate:`, per-task results). Raises PrefkitError; nothing is left half written.
@@ -78,7 +82,7 @@ def run_recipe(loaded, registry, *, output: str | Path | None = None, force: boo
         line = _solve(plan, loaded, registry, reporter, force, max_shard_bytes, allow_nonfinite)
     else:
         result = execute(plan, reporter=reporter, force=force, max_shard_bytes=max_shard_bytes,
-                         allow_nonfinite=allow_nonfinite)
+                         allow_nonfinite=allow_nonfinite, threads=threads, device=device)
         line = _line(plan, result)
     if loaded.recipe.evaluate is not None:
         line["results"] = evaluate_output(loaded, Path(line["output"]), registry, quiet)["tasks"]

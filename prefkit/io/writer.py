@@ -56,7 +56,8 @@ class ShardWriter:
     the folder.
     """
 
-    def __init__(self, folder: Path, shards: list[list[OutTensor]], metadata: dict[str, str]):
+    def __init__(self, folder: Path, shards: list[list[OutTensor]], metadata: dict[str, str],
+                 submit=None):
         self.folder = folder
         self.shards = shards
         self.names = shard_names(len(shards))
@@ -66,10 +67,32 @@ class ShardWriter:
         self._rows = 0  # rows of the current tensor written so far (slabs)
         self._file = None
         self._shard = -1
+        # `submit(fn, *args) -> Future` runs the file operations on a background thread, in
+        # order, so writing overlaps the next merge; the caller keeps written buffers untouched
+        # until then. An error comes back at the next write, or at close().
+        self._submit = submit
+        self._jobs: list = []
+
+    def _run(self, index: int, fn, *args) -> None:
+        """Run a file operation on shard `index`, now or in the background."""
+        if self._submit is None:
+            _on_shard(self.folder / self.names[index], fn, *args)
+            return
+        while self._jobs and self._jobs[0].done():
+            self._jobs.pop(0).result()  # raises the error of a failed write
+        self._jobs.append(self._submit(_on_shard, self.folder / self.names[index], fn, *args))
+
+    def _wait(self, errors: bool = True) -> None:
+        jobs, self._jobs = self._jobs, []
+        for job in jobs:
+            if errors:
+                job.result()
+            else:
+                job.exception()
 
     def _open(self, index: int) -> None:
-        with _naming(self.folder / self.names[index]):
-            self._open_shard(index)
+        self._shard = index
+        self._run(index, self._open_shard, index)
 
     def _open_shard(self, index: int) -> None:
         if self._file is not None:
@@ -85,7 +108,6 @@ class ShardWriter:
         self._file = open(self.folder / self.names[index], "wb")
         self._file.write(len(blob).to_bytes(8, "little"))
         self._file.write(blob)
-        self._shard = index
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Append `tensor`: the whole planned tensor, or its next slab of rows (a large tensor
@@ -104,8 +126,7 @@ class ShardWriter:
             self._open(shard)
         data = tensor.detach().contiguous().cpu().reshape(-1)
         if data.numel():
-            with _naming(self.folder / self.names[shard]):
-                self._file.write(memoryview(data.view(torch.uint8).numpy()))
+            self._run(shard, self._write_bytes, data)
         self._rows = 0 if whole else self._rows + shape[0]
         if whole or self._rows == expected.shape[0]:
             self._next, self._rows = self._next + 1, 0
@@ -114,16 +135,22 @@ class ShardWriter:
         return (len(shape) == len(planned) > 0 and shape[1:] == planned[1:]
                 and self._rows + shape[0] <= planned[0])
 
+    def _write_bytes(self, data: torch.Tensor) -> None:
+        self._file.write(memoryview(data.view(torch.uint8).numpy()))
+
+    def _close_file(self) -> None:
+        self._file.close()  # flushes: a full disk may show only now
+        self._file = None
+
     def close(self) -> None:
         """Finish the last shard and write `model.safetensors.index.json` for sharded outputs."""
         if self._next != len(self._order):
             missing = self._order[self._next][1].name
             self.abort()
             raise ValueError(f"writer closed before tensor {missing!r} was written")
-        if self._file is not None:
-            with _naming(self.folder / self.names[self._shard]):
-                self._file.close()  # flushes: a full disk may show only now
-            self._file = None
+        if self._shard >= 0:
+            self._run(self._shard, self._close_file)
+        self._wait()
         if len(self.shards) > 1:
             index = {
                 "metadata": {"total_size": sum(t.nbytes for s in self.shards for t in s)},
@@ -134,12 +161,18 @@ class ShardWriter:
             )
 
     def abort(self) -> None:
+        self._wait(errors=False)  # the write that failed already says why
         if self._file is not None:
             try:
                 self._file.close()
-            except OSError:  # the write that failed already says why
+            except OSError:
                 pass
             self._file = None
+
+
+def _on_shard(path: Path, fn, *args) -> None:
+    with _naming(path):
+        fn(*args)
 
 
 @contextmanager
