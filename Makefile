@@ -71,8 +71,10 @@ test-example: setup
 test-all: setup
 	$(BIN)/python -m pytest -q
 
+# The merge benchmark (see README "Performance"); e.g. make bench BENCH_ARGS="--vs-mergekit --threads 1"
+BENCH_ARGS ?=
 bench: setup
-	$(BIN)/python benchmarks/merge_bench.py
+	$(BIN)/python benchmarks/merge_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs recipes/offline/zoo

@@ -34,6 +34,7 @@ from prefkit.ops import (
     MagnitudeSelection,
     chunks,
     disjoint_mean,
+    magnitude_cut_point,
     map_chunks,
     nonzero_divisor_,
     scale_,
@@ -200,11 +201,8 @@ def _tensor_cut(delta: torch.Tensor, density: float) -> MagnitudeCut | None:
     k = _keep_count(density, delta.numel())
     if not k:
         return None if k is None else MagnitudeCut.nothing()
-    selection = MagnitudeSelection()
-    selection.add(delta)
-    if selection.choose(k):
-        selection.add(delta)
-    return MagnitudeCut.keep(selection, k)
+    threshold, greater, equal = magnitude_cut_point(delta, k)
+    return MagnitudeCut(threshold, k - greater, equal)
 
 
 def _cuts(scan: Scan, model_params: Sequence[TiesModelParams] | None) -> list[MagnitudeCut | None]:

@@ -37,6 +37,7 @@ from prefkit.plan import Plan, fingerprint
 from prefkit.progress import NullReporter, Reporter
 from prefkit.slabs import (
     DEFAULT_BUDGET,
+    LOOKAHEAD,
     Slab,
     SlabIO,
     SlabLoader,
@@ -124,10 +125,11 @@ def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes
     # both two slab budgets and the largest single group (an unsplit tensor is read alone).
     limit = max([2 * DEFAULT_BUDGET, *(group_bytes(u.plan, inputs, _rows(u)) for u in units)])
 
-    def overlap(a: Slab, b: Slab) -> bool:
-        return group_bytes(a.plan, inputs, _rows(a)) + group_bytes(b.plan, inputs, _rows(b)) <= limit
+    def size(slab: Slab) -> int:
+        return group_bytes(slab.plan, inputs, _rows(slab))
 
-    io = SlabIO(_Given(weights, loader).load if weights is not None else loader.load, overlap)
+    io = SlabIO(_Given(weights, loader).load if weights is not None else loader.load, size,
+                lambda a, b: size(a) + size(b) <= limit)
     outs = [OutTensor(p.name, p.out_dtype, p.shape) for p in plan.tensors]
     writer = ShardWriter(folder, plan_shards(outs, max_shard_bytes), {
         "format": "pt", "prefkit_version": prefkit.__version__,
@@ -159,13 +161,15 @@ def _merge_units(plan: Plan, units: list[Slab], io: SlabIO, writer: ShardWriter,
         tp = slab.plan
         if slab.count > 1 and slab.index == 0:
             tensor_state = _prepare_tensor(plan, units[i:i + slab.count], io, state)
-        tensors, base = io.get(slab, units[i + 1] if i + 1 < len(units) else None)
+        tensors, base = io.get(slab, units[i + 1:i + 1 + LOOKAHEAD])
         if tp.copy or given:
             result = tensors[0]
         else:
             result = _merge_one(plan, slab, tensors, base, slab.info(state, tensor_state))
-        writer.write(tp.name, loader.output(result, tp.out_dtype, io.slot))
-        del tensors, base, result
+        written = loader.output(result, tp.out_dtype)
+        writer.write(tp.name, written)
+        loader.hold(written, io.last_write)  # its buffer is not read into before it is written
+        del tensors, base, result, written
         if slab.last:
             reporter.advance(tp.name, OutTensor(tp.name, tp.out_dtype, tp.shape).nbytes)
             tensor_state = None
@@ -236,7 +240,8 @@ def _scan(plan: Plan, units: list[Slab], io: SlabIO, state, then: Slab | None = 
     mergeable = [u for u in units if not u.plan.copy]
     after = then or (mergeable[0] if mergeable else None)
     for i, slab in enumerate(mergeable):
-        tensors, base = io.get(slab, mergeable[i + 1] if i + 1 < len(mergeable) else after)
+        following = mergeable[i + 1:i + 1 + LOOKAHEAD]
+        tensors, base = io.get(slab, following or ([after] if after is not None else []))
         yield ScanItem(slab.info(state), tensors, base, slab.plan.model_params)
 
 

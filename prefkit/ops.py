@@ -205,14 +205,61 @@ def _add(total: torch.Tensor | None, counts: torch.Tensor) -> torch.Tensor:
 
 
 def kth_largest_magnitude(delta: torch.Tensor, k: int) -> tuple[float, int]:
-    """Exact k-th largest |δ| (1 ≤ k ≤ numel) by `MagnitudeSelection` (no sort, no full-size
-    temporaries), and the number of entries strictly above it."""
-    selection = MagnitudeSelection()
-    selection.add(delta)
-    if selection.choose(k):
-        selection.add(delta)
-    threshold, greater, _ = selection.result()
+    """Exact k-th largest |δ| (1 ≤ k ≤ numel), and the number of entries strictly above it."""
+    threshold, greater, _ = magnitude_cut_point(delta, k)
     return threshold, greater
+
+
+def magnitude_cut_point(delta: torch.Tensor, k: int) -> tuple[float, int, int]:
+    """Exact k-th largest |δ| of a tensor in memory (1 ≤ k ≤ numel), how many entries lie
+    strictly above it and how many equal it.
+
+    One histogram pass in the usual case: a strided sample of 2^16 entries predicts where the
+    k-th largest lies, and one `bincount` counts every bit pattern in a window of 5 high-bit bins
+    around it (entries below and above the window in two more counts). When the k-th largest is
+    outside the window, `MagnitudeSelection`'s two rounds find it.
+    """
+    flat = delta.reshape(-1)
+    if flat.numel() > MagnitudeSelection.SMALL:
+        found = _windowed_cut_point(flat, k)
+        if found is not None:
+            return found
+    selection = MagnitudeSelection()
+    selection.add(flat)
+    if selection.choose(k):
+        selection.add(flat)
+    return selection.result()
+
+
+_WINDOW_BINS = 5  # wider windows miss less often, but their counts fall out of the CPU's caches
+
+
+def _windowed_cut_point(flat: torch.Tensor, k: int) -> tuple[float, int, int] | None:
+    n = flat.numel()
+    sample = magnitude_bits(flat[:: n // (1 << 16)])
+    rank = max(1, round(k * sample.numel() / n))  # the k-th largest's place in the sample
+    predicted = int(torch.kthvalue(sample.cpu(), sample.numel() - rank + 1).values) >> 16
+    low = max(0, predicted - _WINDOW_BINS // 2) << 16
+    width = _WINDOW_BINS << 16
+    offsets = torch.empty(n, dtype=torch.int32, device=flat.device)
+
+    def place(part: slice) -> None:  # pattern − window start + 1; 0 below, width + 1 above
+        piece, out = flat[part], offsets[part]
+        if piece.dtype == torch.float32:
+            torch.bitwise_and(piece.view(torch.int32), 0x7FFFFFFF, out=out)
+        else:
+            out.copy_(magnitude_bits(piece))
+        out.sub_(low - 1).clamp_(0, width + 1)
+
+    map_chunks(place, n)
+    counts = torch.bincount(offsets, minlength=width + 2)
+    above, below = int(counts[-1]), int(counts[0])
+    if not above < k <= n - below:
+        return None
+    per_bin = counts[1:-1].view(_WINDOW_BINS, 1 << 16)  # find the high bin first: small sums
+    high, above = bin_of_kth_largest(per_bin.sum(1), k, above)
+    index, greater = bin_of_kth_largest(per_bin[high], k, above)
+    return bits_to_float(low + (high << 16) + index), greater, int(per_bin[high, index])
 
 
 def topk_mask(delta: torch.Tensor, k: int) -> torch.Tensor:

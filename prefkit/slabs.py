@@ -15,8 +15,10 @@ threads (`SlabIO`), so the arithmetic on the main thread overlaps both.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -31,6 +33,9 @@ from prefkit.plan import TensorPlan
 # models (5 × 9.4 MB) still fit whole, the embedding is cut in slabs of ~2000 rows.
 # PREFKIT_SLAB_BYTES overrides it (less memory, or more slabs to test with).
 DEFAULT_BUDGET = int(os.environ.get("PREFKIT_SLAB_BYTES", 48 * 2**20))
+RESULT_RING = 2  # buffers that take turns holding results on their way to disk
+SMALL_SLAB = 1 << 20  # a slab of fewer bytes is read ahead with the ones that follow it
+LOOKAHEAD = 8  # slabs read ahead at most
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,16 +105,31 @@ class BufferPool:
     def __init__(self, pin: bool = False):
         self.pin = pin
         self._buffers: dict[Any, Any] = {}
+        self._writing: dict[Any, Any] = {}  # key -> the queued write of the bytes it holds
 
     def take(self, key: Any, nbytes: int):
         import torch
 
+        job = self._writing.pop(key, None)
+        if job is not None:
+            job.exception()  # its bytes are still on their way to disk: wait (errors: writer's)
         buffer = self._buffers.get(key)
         if buffer is None or buffer.numel() < nbytes:
             self._buffers.pop(key, None)  # free the smaller one first
             buffer = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin)
             self._buffers[key] = buffer
         return buffer[:nbytes]
+
+    def hold(self, tensor, job) -> None:
+        """Keep the buffer that holds `tensor` (if one does) from being read into again until
+        `job`, the write of its bytes, is done."""
+        if tensor.device.type != "cpu":
+            return
+        pointer = tensor.data_ptr()
+        for key, buffer in self._buffers.items():
+            if buffer.data_ptr() <= pointer < buffer.data_ptr() + buffer.numel():
+                self._writing[key] = job
+                return
 
     def tensor(self, key: Any, dtype: str, shape: tuple[int, ...]):
         import torch
@@ -132,16 +152,22 @@ class SlabLoader:
         self.uses_base, self.pooled, self.device = uses_base, pooled, device
         self.pool = BufferPool(pin=device != "cpu") if pooled else None
         self._io = ThreadPoolExecutor(io_threads, "prefkit-io") if io_threads > 1 else None
+        self._turns, self._out_turns = itertools.count(), itertools.count()
 
-    def load(self, slab: Slab, slot: int = 0):
-        """(tensors, base) of the slab; a copied (non-float) tensor comes back as ([tensor], None)."""
+    def load(self, slab: Slab, slot: tuple = ("large", 0)):
+        """(tensors, base) of the slab into the buffer set `slot` (see `SlabIO`); a copied
+        (non-float) tensor comes back as ([tensor], None)."""
         plan = slab.plan
         if plan.copy:
             return [self.reader.read(plan.base or plan.sources[0])], None
         metas = list(plan.sources) + ([plan.base] if self.uses_base else [])
-        jobs = [(meta, slab, (slot, k)) for k, meta in enumerate(metas)]
+        # Methods write their result over the first input: its buffers take turns in a ring,
+        # so a few results can wait to be written (writes are the slowest step) while reading
+        # goes on; the other inputs' buffers are free again as soon as the merge returns.
+        first = ("first", next(self._turns) % RESULT_RING) if slot[0] == "large" else (slot, 0)
+        jobs = [(meta, slab, (slot, k) if k else first) for k, meta in enumerate(metas)][::-1]
         tensors = list(self._io.map(self._read, *zip(*jobs)) if self._io else
-                       (self._read(*job) for job in jobs))
+                       (self._read(*job) for job in jobs))[::-1]
         if self.device != "cpu":
             tensors = [t.to(self.device, non_blocking=True) for t in tensors]
         if self.uses_base:
@@ -182,16 +208,21 @@ class SlabLoader:
         nbytes = (meta.nbytes // meta.shape[0] * count) if meta.shape and meta.shape[0] else meta.nbytes
         return self.reader.read(meta, rows, out=self.pool.take((*key, "raw"), nbytes))
 
-    def output(self, result, dtype: str, slot: int = 0):
-        """The merged slab in the output dtype, on the host, ready to write (into the buffer
-        set `slot` of the slab it came from: it is written before that set is read into)."""
+    def hold(self, tensor, job) -> None:
+        """`tensor` is being written by `job`: its buffer is not read into until then."""
+        if self.pool is not None:
+            self.pool.hold(tensor, job)
+
+    def output(self, result, dtype: str):
+        """The merged slab in the output dtype, on the host, ready to write."""
         import torch
 
         if str(result.dtype) == f"torch.{dtype}" and result.device.type == "cpu":
             return result
         if self.pool is None:
             return result.to(device="cpu", dtype=getattr(torch, dtype))
-        return self.pool.tensor((slot, "out"), dtype, tuple(result.shape)).copy_(result)
+        key = ("out", next(self._out_turns) % RESULT_RING)
+        return self.pool.tensor(key, dtype, tuple(result.shape)).copy_(result)
 
     def close(self) -> None:
         if self._io is not None:
@@ -202,54 +233,68 @@ class SlabLoader:
 class SlabIO:
     """Two background threads: one reads slabs ahead, one writes results behind.
 
-    `get(slab, then)` returns `slab`'s (tensors, base), from the background read when the last
-    call named it as `then`, and starts reading `then` into the other buffer set. `submit` queues
-    a file operation of the writer (in order, on the writing thread) that belongs to the slab
-    returned last: a buffer set is read into again only after its writes are done. The caller
-    must be done with the previous slab's tensors when it calls `get`. `overlap(a, b)` says
-    whether two slabs may be in memory together (a huge unsplit tensor is read alone).
+    `get(slab, then)` returns `slab`'s (tensors, base), read ahead when an earlier call listed
+    it in `then`, and starts reading what follows (`then`, in order): every small slab up to
+    and including the next large one, so that the read of a large tensor that follows a run of
+    small ones (LayerNorm weights, biases) starts early. Large slabs take turns in two buffer
+    sets, small ones in a ring of small sets. `submit` queues a file operation of the writer (in
+    order, on the writing thread; `last_write` is the last one): the caller hands it to
+    `SlabLoader.hold`, so that a buffer whose bytes are still being written is read into only
+    after. The caller must be done with the previous slab's tensors when it calls `get`.
+    `size(slab)` is a slab's bytes; `overlap(a, b)` says whether two slabs may be in memory
+    together (a huge unsplit tensor is read alone).
     """
 
-    def __init__(self, load, overlap=lambda a, b: True):
-        self._load, self._overlap = load, overlap
+    def __init__(self, load, size=lambda slab: 0, overlap=lambda a, b: True):
+        self._load, self._size, self._overlap = load, size, overlap
         self._reader = ThreadPoolExecutor(1, "prefkit-read")
         self._writer = ThreadPoolExecutor(1, "prefkit-write")
-        self._pending: tuple[Slab, int, Any] | None = None
-        self._writes: list[Any] = [None, None]  # per buffer set: its last queued write
-        self.slot = 0  # the buffer set of the slab returned last
+        self._pending: dict[int, tuple[Slab, tuple, Any]] = {}  # id(slab) -> (slab, set, read)
+        self._in_use: set[tuple] = set()  # the sets of pending reads and of the slab returned
+        self._turns = itertools.count()
+        self.last_write = None  # the writer's last queued operation
 
-    def get(self, slab: Slab, then: Slab | None = None):
-        pending, self._pending = self._pending, None
-        if pending is not None and pending[0] is slab:
-            self.slot = pending[1]
-            value = pending[2].result()
-        else:
-            if pending is not None:
-                pending[2].exception()  # a guess that missed: wait for it, drop it
-            value = self._read(slab, self.slot).result()
-        if then is not None and self._overlap(slab, then):
-            other = 1 - self.slot
-            self._pending = (then, other, self._read(then, other))
+    def get(self, slab: Slab, then: Sequence[Slab] = ()):
+        entry = self._pending.pop(id(slab), None)
+        if entry is None:  # not read ahead: whatever was is of no use now
+            self._drop_pending()
+            entry = (slab, *self._start(slab))
+        _, slot, read = entry
+        value = read.result()
+        self._in_use = {s for _, s, _ in self._pending.values()} | {slot}
+        for following in then:
+            if len(self._pending) >= LOOKAHEAD or not self._overlap(slab, following):
+                break
+            if id(following) not in self._pending:
+                started = self._start(following)
+                if started is None:  # both large sets busy
+                    break
+                self._pending[id(following)] = (following, *started)
+            if self._size(following) > SMALL_SLAB:
+                break
         return value
 
-    def _read(self, slab: Slab, slot: int):
-        written = self._writes[slot]  # the set's bytes must be on their way to disk first
-        return self._reader.submit(_after, written, self._load, slab, slot)
+    def _start(self, slab: Slab) -> tuple[tuple, Any] | None:
+        """Start reading `slab` into a free buffer set (None: none is free)."""
+        kind, sets = ("large", 2) if self._size(slab) > SMALL_SLAB else ("small", LOOKAHEAD + 2)
+        for _ in range(sets):
+            slot = (kind, next(self._turns) % sets)
+            if slot not in self._in_use:
+                self._in_use.add(slot)
+                return slot, self._reader.submit(self._load, slab, slot)
+        return None
+
+    def _drop_pending(self) -> None:
+        for _, _, read in self._pending.values():
+            read.exception()  # wait for it; its buffers are then free
+        self._pending.clear()
+        self._in_use.clear()
 
     def submit(self, fn, *args):
-        job = self._writer.submit(fn, *args)
-        self._writes[self.slot] = job
-        return job
+        self.last_write = self._writer.submit(fn, *args)
+        return self.last_write
 
     def close(self) -> None:
-        if self._pending is not None:
-            self._pending[2].exception()
-            self._pending = None
+        self._drop_pending()
         self._reader.shutdown()
         self._writer.shutdown()
-
-
-def _after(job, fn, *args):
-    if job is not None:
-        job.exception()  # wait; its error is the writer's to report
-    return fn(*args)

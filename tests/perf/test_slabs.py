@@ -95,6 +95,19 @@ def test_slabs_equal_whole_tensors(case, workdir, registry, monkeypatch):
         (whole / "model.safetensors.index.json").read_text()
 
 
+@pytest.mark.parametrize("case", ["linear", "ties", "ties_global", "ties_rescale"])
+def test_reading_ahead_mixed_slab_sizes(case, workdir, registry, monkeypatch):
+    """Slabs over 300 bytes take turns in the two large buffer sets, smaller ones in the ring
+    that is read further ahead; TIES's per-tensor scans re-read slabs in between. Reused buffers
+    must never be read into while in use."""
+    from prefkit import slabs
+
+    whole = _run(workdir, _recipe(case), registry, "whole")
+    monkeypatch.setattr(slabs, "SMALL_SLAB", 300)  # one embedding row of 5 inputs: 320 bytes
+    slabbed = _run(workdir, _recipe(case), registry, "slabs", budget=1, monkeypatch=monkeypatch)
+    assert _digests(slabbed) == _digests(whole)
+
+
 @pytest.mark.parametrize("case", ["ties", "ties_global", "ties_rescale", "ties_count_nonorm"])
 def test_ties_at_the_cutoff_across_slabs(case, workdir, registry, monkeypatch, _zoo_cache):
     _quantized_zoo(_zoo_cache / "zoo", workdir / "qzoo")
@@ -147,11 +160,15 @@ def test_peak_buffers_stay_within_two_slab_budgets(workdir, registry, monkeypatc
         return out
 
     monkeypatch.setattr(slabs.BufferPool, "take", spy)
+    monkeypatch.setattr(slabs, "SMALL_SLAB", 300)  # a slab of over 300 bytes counts as large
     budget = 5 * 16 * 4 * 3  # three embedding rows (16 wide, float32) of 5 inputs
     _run(workdir, _recipe("ties"), registry, "small", budget=budget, monkeypatch=monkeypatch)
     embedding = 5 * 50 * 16 * 4  # the whole embedding group: 4 models and the base
-    # two buffer sets (slab being merged, slab being read), raw bytes of padded heads
-    assert 0 < max(sizes) <= 4 * budget < embedding
+    # two large sets (the slab being merged, the one being read) and the ring of results being
+    # written, a ring of small sets read ahead, raw bytes of padded heads
+    ring = slabs.RESULT_RING * budget // 5  # results waiting to be written: one input's slab each
+    small = (slabs.LOOKAHEAD + 2) * 300
+    assert 0 < max(sizes) <= 2 * budget + ring + small + budget < embedding
 
 
 def test_writer_refuses_slabs_out_of_order(tmp_path):

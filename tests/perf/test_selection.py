@@ -1,0 +1,76 @@
+"""The exact k-th largest |δ| (TIES's cut-off), by every path prefkit takes to it, against a sort.
+
+Paths: a direct selection for small tensors, one windowed histogram pass when a sample predicts
+the cut-off (the usual case), and two radix rounds when the sample misleads (the fallback, also
+what slabs and `trim: global` stream through).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prefkit import ops
+
+
+def _reference(delta: torch.Tensor, k: int) -> tuple[float, int, int]:
+    mag = delta.abs().reshape(-1).float()
+    threshold = float(torch.sort(mag, descending=True).values[k - 1])
+    return threshold, int((mag > threshold).sum()), int((mag == threshold).sum())
+
+
+def _tensors():
+    g = torch.Generator().manual_seed(0)
+    n = 300_000  # above MagnitudeSelection.SMALL: the windowed pass
+    yield "gaussian", torch.randn(n, generator=g) * 1e-3
+    yield "quantized (many ties)", torch.round(torch.randn(n, generator=g) * 4) / 64
+    yield "heavy tails", torch.randn(n, generator=g) ** 5
+    yield "mostly zeros", torch.where(torch.rand(n, generator=g) < 0.9, 0.0, torch.randn(n, generator=g))
+    yield "all equal", torch.full((n,), -0.25)
+    yield "small (sorted directly)", torch.randn(700, generator=g)
+    yield "bfloat16", (torch.randn(n, generator=g) * 1e-2).bfloat16()
+    yield "float64", torch.randn(n, generator=g, dtype=torch.float64)
+    # every sampled position (a multiple of the stride) is tiny, every other one large: the sample
+    # predicts the wrong window and the two-round fallback must answer
+    misleading = torch.randn(n, generator=g).abs() + 1
+    misleading[:: n // (1 << 16)] = 1e-6
+    yield "misleading sample", misleading
+
+
+@pytest.mark.parametrize("density", [1e-5, 0.2, 0.5, 0.97, 1.0])
+def test_cut_point_equals_a_sort(density):
+    for name, delta in _tensors():
+        k = max(1, int(density * delta.numel()))
+        assert ops.magnitude_cut_point(delta, k) == _reference(delta, k), name
+
+
+def test_the_misleading_sample_takes_the_fallback(monkeypatch):
+    """The fallback really runs (and the window really answers the usual case)."""
+    calls = []
+    window = ops._windowed_cut_point
+
+    def spy(flat, k):
+        calls.append(window(flat, k))
+        return calls[-1]
+
+    monkeypatch.setattr(ops, "_windowed_cut_point", spy)
+    tensors = dict(_tensors())
+    delta = tensors["misleading sample"]
+    k = int(0.2 * delta.numel())
+    assert ops.magnitude_cut_point(delta, k) == _reference(delta, k)
+    assert calls == [None]
+    ops.magnitude_cut_point(tensors["gaussian"], k)
+    assert calls[-1] is not None
+
+
+def test_streamed_selection_equals_a_sort():
+    """MagnitudeSelection over pieces (slabs, global trim) gives the same cut-off."""
+    for name, delta in _tensors():
+        k = max(1, int(0.3 * delta.numel()))
+        selection = ops.MagnitudeSelection()
+        for piece in delta.split(70_001):
+            selection.add(piece)
+        if selection.choose(k):
+            for piece in reversed(delta.split(50_000)):  # round 2 in any order
+                selection.add(piece)
+        assert selection.result() == _reference(delta, k), name
