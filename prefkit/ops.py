@@ -37,12 +37,13 @@ def flat_magnitudes(delta: torch.Tensor) -> torch.Tensor:
     return mag if mag.dtype == torch.float64 else mag.float()
 
 
-def magnitude_bits(delta: torch.Tensor) -> torch.Tensor:
-    """|δ| as float32 bit patterns (int32, flat): for non-negative floats, integer order = value
-    order, so exact selection can count bits instead of sorting."""
+def magnitude_bits(delta: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """|δ| as float32 bit patterns (int32, flat; into `out` when given): for non-negative floats,
+    integer order = value order, so exact selection can count bits instead of sorting."""
     if delta.dtype == torch.float32 and delta.is_contiguous():  # |δ| is δ without its sign bit
-        return delta.reshape(-1).view(torch.int32) & 0x7FFFFFFF
-    return flat_magnitudes(delta).float().view(torch.int32)
+        return torch.bitwise_and(delta.reshape(-1).view(torch.int32), 0x7FFFFFFF, out=out)
+    bits = flat_magnitudes(delta).float().view(torch.int32)
+    return bits if out is None else out.copy_(bits)
 
 
 def high_histogram(bits: torch.Tensor, *, consume: bool = False) -> torch.Tensor:
@@ -165,13 +166,10 @@ class MagnitudeSelection:
     def _bits(self, piece: torch.Tensor) -> torch.Tensor:
         """`magnitude_bits` of a chunk, into a buffer reused by the thread (no allocation per
         chunk)."""
-        if piece.dtype != torch.float32 or not piece.is_contiguous():
-            return magnitude_bits(piece)
         scratch = getattr(_scratch, "bits", None)
         if scratch is None or scratch.device != piece.device:
             scratch = _scratch.bits = torch.empty(CHUNK, dtype=torch.int32, device=piece.device)
-        out = scratch[:piece.numel()]
-        return torch.bitwise_and(piece.reshape(-1).view(torch.int32), 0x7FFFFFFF, out=out)
+        return magnitude_bits(piece, out=scratch[:piece.numel()])
 
     def choose(self, k: int) -> bool:
         """End round 1: the k-th largest (1 ≤ k ≤ count) is wanted. True when a second round
@@ -244,12 +242,7 @@ def _windowed_cut_point(flat: torch.Tensor, k: int) -> tuple[float, int, int] | 
     offsets = torch.empty(n, dtype=torch.int32, device=flat.device)
 
     def place(part: slice) -> None:  # pattern − window start + 1; 0 below, width + 1 above
-        piece, out = flat[part], offsets[part]
-        if piece.dtype == torch.float32:
-            torch.bitwise_and(piece.view(torch.int32), 0x7FFFFFFF, out=out)
-        else:
-            out.copy_(magnitude_bits(piece))
-        out.sub_(low - 1).clamp_(0, width + 1)
+        magnitude_bits(flat[part], out=offsets[part]).sub_(low - 1).clamp_(0, width + 1)
 
     map_chunks(place, n)
     counts = torch.bincount(offsets, minlength=width + 2)
