@@ -563,7 +563,27 @@ def make_snapshot(rev: str) -> tuple[Path, str]:
                                  capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
         (root / "plugins").rename(root / "prefkit" / "plugins")  # pyproject's package-dir mapping
+        build_extensions(root, sha)
     return root, sha
+
+
+def build_extensions(root: Path, sha: str) -> None:
+    """Build the C extensions that pyproject.toml at `sha` declares into the snapshot, with its
+    compile flags, as `pip install` does (a snapshot without them would measure the eager path)."""
+    import tomllib
+
+    pyproject = subprocess.run(["git", "show", f"{sha}:pyproject.toml"], cwd=REPO, check=True,
+                               capture_output=True, text=True).stdout
+    build = ("import sys; from setuptools import Extension, setup; "
+             "setup(name='snapshot', script_args=['build_ext', '--inplace', '-q'], ext_modules="
+             "[Extension(sys.argv[1], [sys.argv[2]], extra_compile_args=sys.argv[3:])])")
+    for ext in tomllib.loads(pyproject).get("tool", {}).get("setuptools", {}).get("ext-modules", []):
+        source = ext["sources"][0]
+        if source.startswith("plugins/"):  # moved with the plugins, as above
+            source = "prefkit/" + source
+        subprocess.run([sys.executable, "-c", build, ext["name"], source,
+                        *ext.get("extra-compile-args", [])], cwd=root, check=True,
+                       capture_output=True)
 
 
 def _env() -> dict:
@@ -578,13 +598,18 @@ def _env() -> dict:
 
 def check_prefkit_origin() -> str:
     """Where the children import prefkit and its plugins from."""
-    code = "import prefkit, prefkit.plugins.ties as t; print(prefkit.__file__); print(t.__file__)"
+    code = ("import prefkit, prefkit.plugins.ties as t; print(prefkit.__file__); print(t.__file__)\n"
+            "import importlib.util as u; spec = u.find_spec('prefkit._kernels')\n"
+            "print(spec.origin if spec else '-')")
     proc = subprocess.run([sys.executable, "-c", code], env=_env(), cwd=CACHE, capture_output=True,
                           text=True, check=True)
-    files = proc.stdout.split()
+    *files, kernels = proc.stdout.split()
     if SNAPSHOT is not None and not all(f.startswith(str(SNAPSHOT)) for f in files):
         raise RuntimeError(f"the snapshot is not what the children import: {files}")
-    return str(Path(files[0]).parent)
+    if SNAPSHOT is not None and kernels != "-" and not kernels.startswith(str(SNAPSHOT)):
+        raise RuntimeError(f"the snapshot's C kernels are not what the children load: {kernels}")
+    where = str(Path(files[0]).parent)
+    return where + ("; C kernels: " + ("none (eager torch path)" if kernels == "-" else "built"))
 
 
 def prefkit_cmd(recipe_path: Path, out: Path) -> list[str]:

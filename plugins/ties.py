@@ -34,6 +34,7 @@ from prefkit.ops import (
     MagnitudeSelection,
     chunks,
     disjoint_mean,
+    kernels,
     magnitude_cut_point,
     map_chunks,
     nonzero_divisor_,
@@ -154,10 +155,19 @@ class TiesMethod(TensorMethod):
         weights = [float(torch.tensor(mp.weight, dtype=base.dtype)) for mp in model_params]
         deltas = [v.reshape(-1) for v in vectors]
         flat_base, out = base.reshape(-1), deltas[0]
+        # A cut that keeps some of the entries tied at its threshold and not others spends its
+        # ties budget in flat order: those models are trimmed first, chunk after chunk; then
+        # every chunk is independent and the rest runs on the merge's threads.
+        unordered = list(cuts)
+        for i, cut in enumerate(cuts):
+            if cut is not None and cut.ordered(base.dtype):
+                for part in chunks(out.numel()):
+                    cut.trim_(deltas[i][part])
+                unordered[i] = None
 
         def merge_chunk(part: slice) -> None:
             parts = [d[part] for d in deltas]
-            for delta, cut, ratio, mp in zip(parts, cuts, ratios, model_params):
+            for delta, cut, ratio, mp in zip(parts, unordered, ratios, model_params):
                 if cut is not None:
                     cut.trim_(delta)
                 if ratio is not None:
@@ -165,11 +175,8 @@ class TiesMethod(TensorMethod):
                 scale_(delta, mp.weight)
             out[part] = _disjoint_merge(parts, flat_base[part], params, weights)
 
-        if any(cut is not None and cut.ordered(base.dtype) for cut in cuts):
-            for part in chunks(out.numel()):  # a cut spends its ties budget in flat order
-                merge_chunk(part)
-        else:
-            map_chunks(merge_chunk, out.numel())
+        fused = _fused_merge(deltas, flat_base, unordered, ratios, weights, params)
+        map_chunks(merge_chunk if fused is None else fused, out.numel())
         if info.state is not None:  # spend the global ties budget in merge order
             info.state.spend(cuts)
         return out.reshape(base.shape)
@@ -185,6 +192,24 @@ def _disjoint_merge(parts, base, params: TiesParams, weights: list[float]) -> to
     if params.lambda_ != 1:
         mixed *= params.lambda_
     return mixed.add_(base)
+
+
+def _fused_merge(deltas, base, cuts, ratios, weights, params: TiesParams):
+    """`merge_chunk` as fused C loops (`prefkit.kernels`, same bits) for float32 tensors on the
+    CPU (`cuts`: order-free ones); None where they do not apply."""
+    fused = kernels(base, *deltas)
+    if fused is None:
+        return None
+    if not all(t.is_contiguous() for t in (base, *deltas)):
+        return None
+    merge = fused.TiesChunk(
+        [float("-inf") if c is None else c.shrink_bound(base.dtype) for c in cuts],
+        [1.0 if r is None else float(r) for r in ratios], weights,
+        count=params.consensus == "count", normalize=params.normalize, lambda_=params.lambda_)
+    def merge_chunk(part: slice) -> None:
+        merge([d[part] for d in deltas], base[part], out=deltas[0][part])
+
+    return merge_chunk
 
 
 @dataclass

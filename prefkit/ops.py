@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,36 @@ def magnitude_bits(delta: torch.Tensor, out: torch.Tensor | None = None) -> torc
         return torch.bitwise_and(delta.reshape(-1).view(torch.int32), 0x7FFFFFFF, out=out)
     bits = flat_magnitudes(delta).float().view(torch.int32)
     return bits if out is None else out.copy_(bits)
+
+
+def kernels(*tensors: torch.Tensor):
+    """`prefkit.kernels` (fused C loops, the same bits as the eager torch ops) when every tensor
+    is float32 on the CPU, the extension is built and `PREFKIT_KERNELS` is not `torch`; else
+    None (use the eager torch path)."""
+    if os.environ.get("PREFKIT_KERNELS") == "torch":
+        return None
+    if not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
+        return None
+    try:
+        from prefkit import kernels as module
+    except ImportError:  # not built (no C compiler at install): the eager path merges alike
+        return None
+    return module
+
+
+HISTOGRAM_PART = 1 << 21  # entries counted per task by the fused histograms (more: fewer sums)
+
+
+def magnitude_counts(flat: torch.Tensor, high_bin: int | None = None) -> torch.Tensor | None:
+    """`kernels.magnitude_counts` of a flat float32 CPU tensor, over the merge's threads in
+    parts; None when the fused kernels do not apply (the caller counts with `bincount`)."""
+    fused = kernels(flat)
+    if fused is None:
+        return None
+    values = flat.contiguous()
+    parts = map_chunks(lambda part: fused.magnitude_counts(values[part], high_bin), values.numel(),
+                       HISTOGRAM_PART)
+    return sum(parts[1:], parts[0])
 
 
 def high_histogram(bits: torch.Tensor, *, consume: bool = False) -> torch.Tensor:
@@ -154,11 +185,19 @@ class MagnitudeSelection:
             for bits in self._kept or ():
                 self._high = _add(self._high, high_histogram(bits, consume=True))
             self._kept = None
+            fused = magnitude_counts(flat)
+            if fused is not None:
+                self._high = _add(self._high, fused)
+                return
             for counts in map_chunks(lambda p: high_histogram(self._bits(flat[p]), consume=True),
                                      flat.numel()):
                 self._high = _add(self._high, counts)
         elif self._bin is not None:  # round 2
             high_bin = self._bin[0]
+            fused = magnitude_counts(flat, high_bin)
+            if fused is not None:
+                self._low = _add(self._low, fused)
+                return
             for counts in map_chunks(lambda p: low_histogram(self._bits(flat[p]), high_bin,
                                                              consume=True), flat.numel()):
                 self._low = _add(self._low, counts)
@@ -218,7 +257,7 @@ def magnitude_cut_point(delta: torch.Tensor, k: int) -> tuple[float, int, int]:
     outside the window, `MagnitudeSelection`'s two rounds find it.
     """
     flat = delta.reshape(-1)
-    if flat.numel() > MagnitudeSelection.SMALL:
+    if flat.numel() > MagnitudeSelection.SMALL and kernels(flat) is None:  # else: two fused passes
         found = _windowed_cut_point(flat, k)
         if found is not None:
             return found
@@ -313,6 +352,13 @@ class MagnitudeCut:
             return False
         return not (dtype == torch.float32 and self.ties >= self.equal)
 
+    def shrink_bound(self, dtype: torch.dtype) -> float:
+        """λ such that `hardshrink(δ, λ)` (keeps |δ| > λ) is this cut's trim, for a cut that is
+        not `ordered` (every entry equal to the threshold is kept, or none is)."""
+        if dtype != torch.float64 and (self.ties <= 0 or self.threshold == 0):
+            return self.threshold
+        return bits_to_float(float_bits(self.threshold) - 1)  # |δ| ≥ t is |δ| > t⁻
+
     def copy(self) -> MagnitudeCut:
         return MagnitudeCut(self.threshold, self.ties, self.equal)
 
@@ -325,9 +371,9 @@ class MagnitudeCut:
             # every equal entry from here on is kept, or at least every one in this piece
             here = 0 if self.ties >= self.equal else _count_equal(delta, self.threshold)
             if here <= self.ties:
+                bound = self.shrink_bound(delta.dtype)  # |δ| ≥ t, from the ties still left
                 self.ties, self.equal = self.ties - here, self.equal - here
-                below = bits_to_float(float_bits(self.threshold) - 1)  # |δ| ≥ t is |δ| > t⁻
-                return torch.hardshrink(delta, below, out=delta)
+                return torch.hardshrink(delta, bound, out=delta)
         return delta.mul_(self.mask(delta))
 
     def mask(self, delta: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,10 @@
 """The exact k-th largest |δ| (TIES's cut-off), by every path prefkit takes to it, against a sort.
 
-Paths: a direct selection for small tensors, one windowed histogram pass when a sample predicts
-the cut-off (the usual case), and two radix rounds when the sample misleads (the fallback, also
-what slabs and `trim: global` stream through).
+Paths: a direct selection for small tensors; for float32 on the CPU, two radix rounds counted by
+the fused C histograms (`prefkit.kernels`); otherwise (`PREFKIT_KERNELS=torch`, other dtypes,
+GPUs) one windowed `bincount` pass when a sample predicts the cut-off (the usual case), and two
+radix rounds when the sample misleads (the fallback, also what slabs and `trim: global` stream
+through). Every test runs on both paths.
 """
 
 from __future__ import annotations
@@ -11,6 +13,14 @@ import pytest
 import torch
 
 from prefkit import ops
+
+
+@pytest.fixture(params=["kernels", "torch"])
+def path(request, monkeypatch):
+    """Run the test with the fused C histograms and with the eager torch path."""
+    monkeypatch.setenv("PREFKIT_KERNELS", request.param)
+    assert (ops.kernels(torch.zeros(1)) is not None) == (request.param == "kernels")
+    return request.param
 
 
 def _reference(delta: torch.Tensor, k: int) -> tuple[float, int, int]:
@@ -35,10 +45,16 @@ def _tensors():
     misleading = torch.randn(n, generator=g).abs() + 1
     misleading[:: n // (1 << 16)] = 1e-6
     yield "misleading sample", misleading
+    special = torch.randn(n, generator=g)
+    special[::7] = -0.0
+    special[::11] = float("inf")
+    special[::13] = -float("inf")
+    special[::17] = 1e-42  # subnormal
+    yield "zeros, infinities, subnormals", special
 
 
 @pytest.mark.parametrize("density", [1e-5, 0.2, 0.5, 0.97, 1.0])
-def test_cut_point_equals_a_sort(density):
+def test_cut_point_equals_a_sort(density, path):
     for name, delta in _tensors():
         k = max(1, int(density * delta.numel()))
         assert ops.magnitude_cut_point(delta, k) == _reference(delta, k), name
@@ -46,6 +62,7 @@ def test_cut_point_equals_a_sort(density):
 
 def test_the_misleading_sample_takes_the_fallback(monkeypatch):
     """The fallback really runs (and the window really answers the usual case)."""
+    monkeypatch.setenv("PREFKIT_KERNELS", "torch")  # the window is the eager path's
     calls = []
     window = ops._windowed_cut_point
 
@@ -63,7 +80,7 @@ def test_the_misleading_sample_takes_the_fallback(monkeypatch):
     assert calls[-1] is not None
 
 
-def test_streamed_selection_equals_a_sort():
+def test_streamed_selection_equals_a_sort(path):
     """MagnitudeSelection over pieces (slabs, global trim) gives the same cut-off."""
     for name, delta in _tensors():
         k = max(1, int(0.3 * delta.numel()))

@@ -1,0 +1,144 @@
+"""The fused C loops (`prefkit.kernels`) give the eager torch path's bits, and really run.
+
+Every TIES merge below runs twice, with `PREFKIT_KERNELS=torch` (eager) and with the kernels,
+on tensors of several chunks (so chunks run on two threads) with zeros, ties at the cut-off,
+negative zeros, infinities and NaNs; the outputs must be equal bit for bit.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from prefkit.plugins.ties import TiesMethod, TiesModelParams, TiesParams
+
+from prefkit import kernels, ops
+from prefkit.api import TensorInfo
+
+N = 3 * ops.CHUNK + 12_345  # several chunks, the last one short
+INFO = TensorInfo("layer.0.weight", 0, 0.0, ("a", "b", "c"))
+
+
+def _inputs(seed: int, special: bool):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(N, generator=g) * 0.05
+    models = [base + torch.randn(N, generator=g) * 1e-3 for _ in range(3)]
+    models[1][::5] = base[::5]  # exact zeros in one task vector
+    models[2][::9] = base[::9] + 2.0 ** -10  # many entries equal in magnitude: ties at the cut
+    models[2][1::9] = base[1::9] - 2.0 ** -10
+    if special:
+        models[0][7::1000] = float("inf")
+        models[1][11::1000] = -float("inf")
+        models[0][13::997] = float("nan")
+        base[17::1000] = -0.0
+        models[2][17::1000] = -0.0
+    return base, models
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal bit for bit (so -0 ≠ +0), except that a NaN's sign and payload are free: which
+    operand's NaN a product returns is the compiler's choice, in torch's loops as in ours."""
+    nan = a.isnan()
+    return torch.equal(nan, b.isnan()) and torch.equal(a.view(torch.int32)[~nan],
+                                                       b.view(torch.int32)[~nan])
+
+
+def _merge(base, models, params: TiesParams, model_params, threads: int) -> torch.Tensor:
+    with ops.merge_threads(threads):
+        return TiesMethod().merge([m.clone() for m in models], base=base.clone(), params=params,
+                                  model_params=model_params, info=INFO)
+
+
+CASES = {
+    "sum": (dict(), [0.2, 0.2, 0.2]),
+    "count, no normalize, lambda": (dict(consensus="count", normalize=False, **{"lambda": 0.7}),
+                                    [0.3, 0.1, 0.5]),
+    "keep all / keep nothing / ties": (dict(), [1.0, 0.0, 0.111]),
+    "rescale": (dict(rescale=True), [0.25, 0.5, 0.05]),
+}
+
+
+@pytest.mark.parametrize("special", [False, True], ids=["finite", "inf-nan"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fused_merge_gives_the_eager_bits(case, special, monkeypatch):
+    params_dict, densities = CASES[case]
+    params = TiesParams(**params_dict)
+    weights = [0.5, -0.3, 1.7]  # a negative weight flips its votes
+    model_params = [TiesModelParams(weight=w, density=d) for w, d in zip(weights, densities)]
+    base, models = _inputs(seed=len(case), special=special)
+
+    monkeypatch.setenv("PREFKIT_KERNELS", "torch")
+    eager = _merge(base, models, params, model_params, threads=2)
+    monkeypatch.delenv("PREFKIT_KERNELS")
+    assert ops.kernels(base) is kernels
+    calls = []
+    chunk = kernels.TiesChunk.__call__
+    monkeypatch.setattr(kernels.TiesChunk, "__call__",
+                        lambda self, *a, **k: calls.append(1) or chunk(self, *a, **k))
+    fused = _merge(base, models, params, model_params, threads=2)
+
+    assert len(calls) == 4  # every chunk went through the kernels
+    assert _same_bits(fused, eager)
+    assert not _same_bits(fused, base)  # the merge did something
+
+
+def test_a_cut_that_splits_its_ties_spends_them_in_flat_order(monkeypatch):
+    """Every entry ties: the cut keeps the lowest flat indices, trimmed chunk after chunk before
+    the fused merge (float32) or the eager one (float64, where the kernels never run)."""
+    base = torch.zeros(N)
+    models = [torch.full((N,), 0.5), torch.full((N,), -0.25)]
+    params = [TiesModelParams(weight=1.0, density=0.5), TiesModelParams(weight=1.0, density=0.5)]
+    merged = _merge(base, models, TiesParams(), params, threads=2)
+    half = N // 2  # where both remain, +0.5 wins the vote; past half, nothing is kept
+    assert torch.equal(merged[:half], torch.full((half,), 0.5))
+    assert torch.equal(merged[half:], torch.zeros(N - half))
+
+    monkeypatch.setattr(kernels.TiesChunk, "__call__", lambda *a, **k: pytest.fail("fused"))
+    doubles = _merge(base.double(), [m.double() for m in models], TiesParams(), params, threads=2)
+    assert torch.equal(doubles, merged.double())
+
+
+@pytest.mark.parametrize("high_bin", [None, "k-th"])
+def test_fused_histograms_equal_bincount(high_bin):
+    g = torch.Generator().manual_seed(3)
+    values = torch.randn(N, generator=g) * 1e-2
+    values[::3] = -values[::3]
+    values[::101] = float("inf")
+    values[::103] = -0.0
+    bits = ops.magnitude_bits(values)
+    if high_bin is None:
+        want = ops.high_histogram(bits)
+    else:
+        high_bin = int(ops.bin_of_kth_largest(ops.high_histogram(bits), N // 5)[0])
+        want = ops.low_histogram(bits, high_bin)
+    with ops.merge_threads(2):
+        got = ops.magnitude_counts(values, high_bin)
+    assert torch.equal(got, want)
+    assert int(got.sum()) == (N if high_bin is None else int(want.sum())) > 0
+
+
+def test_which_tensors_take_the_kernels(monkeypatch):
+    monkeypatch.delenv("PREFKIT_KERNELS", raising=False)
+    assert ops.kernels(torch.zeros(2)) is kernels  # built by the install (`make setup`)
+    assert ops.kernels(torch.zeros(2), torch.zeros(2, dtype=torch.float64)) is None
+    assert ops.kernels(torch.zeros(2, dtype=torch.bfloat16)) is None
+    assert ops.kernels(torch.zeros(2, device="meta")) is None
+    monkeypatch.setenv("PREFKIT_KERNELS", "torch")
+    assert ops.kernels(torch.zeros(2)) is None
+
+
+def test_without_the_extension_merges_take_the_eager_path(monkeypatch):
+    """An install without a C compiler skips the (optional) extension: `prefkit.kernels` then
+    fails to import and `ops.kernels` answers None."""
+    import importlib
+    import sys
+
+    import prefkit
+
+    monkeypatch.delenv("PREFKIT_KERNELS", raising=False)
+    monkeypatch.delattr(prefkit, "kernels")
+    monkeypatch.setitem(sys.modules, "prefkit.kernels", None)  # as if its import failed
+    assert ops.kernels(torch.zeros(2)) is None
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.delitem(sys.modules, "prefkit.kernels")
+    with pytest.raises(ImportError, match="not built"):
+        importlib.import_module("prefkit.kernels")
