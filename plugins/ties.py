@@ -35,11 +35,11 @@ from prefkit.ops import (
     chunks,
     disjoint_mean,
     kernels,
-    magnitude_cut_point,
     map_chunks,
     nonzero_divisor_,
     scale_,
     sign_votes,
+    task_vector_cut_point,
     task_vectors_,
 )
 
@@ -142,14 +142,16 @@ class TiesMethod(TensorMethod):
         # Task vectors in place in the owned input buffers; after the per-model cut-offs are
         # known, everything is elementwise, so it runs chunk by chunk and the result is written
         # over the first input's buffer: peak memory stays at the inputs plus a few chunks.
-        vectors = task_vectors_(tensors, base)
         if info.tensor_state is not None:  # a slab: cut-offs (and their ties) span the tensor
+            vectors = task_vectors_(tensors, base)
             cuts, ratios = info.tensor_state.cuts, info.tensor_state.ratios
         elif params.trim == "global":
+            vectors = task_vectors_(tensors, base)
             cuts = info.state.cuts()
             ratios = [_L1.of(v, c) if params.rescale else None for v, c in zip(vectors, cuts)]
-        else:
-            cuts = [_tensor_cut(v, mp.density) for v, mp in zip(vectors, model_params)]
+        else:  # model by model: τ_i and its cut-off while τ_i is in the CPU's cache
+            cuts = [_tensor_cut(t, base, mp.density) for t, mp in zip(tensors, model_params)]
+            vectors = tensors
             ratios = [_L1.of(v, c) if params.rescale else None for v, c in zip(vectors, cuts)]
         # the weights rounded to the compute dtype, as weight tensors would be
         weights = [float(torch.tensor(mp.weight, dtype=base.dtype)) for mp in model_params]
@@ -221,12 +223,14 @@ class _Slabbed:
     ratios: list[torch.Tensor | None]
 
 
-def _tensor_cut(delta: torch.Tensor, density: float) -> MagnitudeCut | None:
-    """Per-tensor trimming of a whole tensor: keep its k largest |τ| (None: keep all)."""
-    k = _keep_count(density, delta.numel())
+def _tensor_cut(tensor: torch.Tensor, base: torch.Tensor, density: float) -> MagnitudeCut | None:
+    """Per-tensor trimming of a whole tensor: `tensor -= base` (in place: τ), and the cut that
+    keeps its k largest |τ| (None: keep all)."""
+    k = _keep_count(density, tensor.numel())
     if not k:
+        tensor.sub_(base)
         return None if k is None else MagnitudeCut.nothing()
-    threshold, greater, equal = magnitude_cut_point(delta, k)
+    threshold, greater, equal = task_vector_cut_point(tensor, base, k)
     return MagnitudeCut(threshold, k - greater, equal)
 
 

@@ -7,6 +7,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 static inline uint32_t magnitude_pattern(const float *values, int64_t j)
@@ -28,6 +29,17 @@ void prefkit_high_counts(const float *values, int64_t n, int64_t *counts)
 {
     for (int64_t j = 0; j < n; j++)
         counts[magnitude_pattern(values, j) >> 16]++;
+}
+
+/* values -= base (in place: the task vector), and prefkit_high_counts of the result, in one
+ * pass (the difference rounds as torch's sub_ rounds it). */
+void prefkit_task_vector_high_counts(float *restrict values, const float *restrict base,
+                                     int64_t n, int64_t *restrict counts)
+{
+    for (int64_t j = 0; j < n; j++) {
+        values[j] = values[j] - base[j];
+        counts[magnitude_pattern(values, j) >> 16]++;
+    }
 }
 
 /* counts[p & 0xFFFF] += 1 for the patterns p of |values[j]| in high bin `high_bin` (2^16).
@@ -65,54 +77,68 @@ static inline float trim_scale(float x, float bound, float ratio, float weight)
     return x * weight;
 }
 
-/* δ ← trim_scale(δ) in place, then the vote: votes += δ, or votes += sign(δ) (`count`; 0 for
- * ±0 and NaN, as torch.sign). */
-void prefkit_ties_trim_vote(float *restrict delta, int64_t n, float bound, float ratio,
-                            float weight, float *restrict votes, int count)
-{
-    if (count) {
-        for (int64_t j = 0; j < n; j++) {
-            float x = delta[j] = trim_scale(delta[j], bound, ratio, weight);
-            votes[j] += (float)((x > 0.0f) - (x < 0.0f));
-        }
-    } else {
-        for (int64_t j = 0; j < n; j++)
-            votes[j] += delta[j] = trim_scale(delta[j], bound, ratio, weight);
-    }
-}
+#define BLOCK 256 /* entries merged at a time: every model's block stays in L1 */
 
-/* total += max(s·δ, 0) (s the elected sign: the agreeing |δ|, NaN passing as clamp_min lets
- * it), and with `normalize`, divisor += weight where δ agrees. */
-void prefkit_ties_disjoint_add(const float *restrict delta, int64_t n,
-                               const float *restrict votes, float weight, float *restrict total,
-                               float *restrict divisor, int normalize)
+/* One block of the TIES merge; see prefkit_ties_merge. */
+static void ties_block(const float *const *deltas, int models, int64_t at, int n,
+                       const float *bounds, const float *ratios, const float *weights, int count,
+                       int normalize, float lambda, const float *base, float *out,
+                       float *restrict trimmed) /* `out` may be deltas[0]: not restrict */
 {
-    if (normalize) {
-        for (int64_t j = 0; j < n; j++) {
-            float part = delta[j] * elected_sign(votes, j);
+    float votes[BLOCK], total[BLOCK], divisor[BLOCK];
+    for (int j = 0; j < n; j++)
+        votes[j] = total[j] = divisor[j] = 0.0f;
+    for (int i = 0; i < models; i++) { /* trim, scale, vote: Σ x_i or Σ sign(x_i), in order */
+        const float *restrict delta = deltas[i] + at;
+        float *restrict x = trimmed + i * BLOCK;
+        for (int j = 0; j < n; j++)
+            x[j] = trim_scale(delta[j], bounds[i], ratios[i], weights[i]);
+        if (count)
+            for (int j = 0; j < n; j++)
+                votes[j] += (float)((x[j] > 0.0f) - (x[j] < 0.0f)); /* torch.sign: 0 for NaN */
+        else
+            for (int j = 0; j < n; j++)
+                votes[j] += x[j];
+    }
+    for (int i = 0; i < models; i++) { /* Σ of the agreeing x_i (max(s·x_i, 0), NaN passing as
+                                          clamp_min lets it) and of their weights, in order */
+        const float *restrict x = trimmed + i * BLOCK;
+        float weight = normalize ? weights[i] : 0.0f;
+        for (int j = 0; j < n; j++) {
+            float part = x[j] * elected_sign(votes, j);
             total[j] += part < 0.0f ? 0.0f : part;
             divisor[j] += part > 0.0f ? weight : 0.0f;
         }
-    } else {
-        for (int64_t j = 0; j < n; j++) {
-            float part = delta[j] * elected_sign(votes, j);
-            total[j] += part < 0.0f ? 0.0f : part;
-        }
+    }
+    /* base + λ · s·total / divisor, a zero divisor counting as 1. Without `normalize` the
+     * divisors are all 0 (so 1), and without λ it is 1: dividing or multiplying by 1 is exact,
+     * so these are the eager path's bits in every case. */
+    for (int j = 0; j < n; j++) {
+        float d = divisor[j];
+        float mixed = total[j] * elected_sign(votes, j) / (d + (float)(d == 0.0f));
+        out[at + j] = mixed * lambda + base[at + j];
     }
 }
 
-/* out = base + λ · s·total / divisor, where a zero divisor counts as 1. Without `normalize` the
- * divisors are all 0 (so 1), and without λ it is 1: dividing or multiplying by 1 is exact, so
- * one loop with no branches serves every case and gives the eager path's bits. */
-void prefkit_ties_finish(const float *restrict total, const float *restrict votes,
-                         const float *restrict divisor, int64_t n, float lambda,
-                         const float *restrict base, float *restrict out)
+/* The TIES merge of n entries: out = base + λ · disjoint mean of the trimmed, weighted task
+ * vectors (`deltas[i]`, i < models, left as they are; `out` may be one of them, as each block
+ * is read before it is written). Per model: the hardshrink bound (-inf keeps all), the rescale
+ * ratio (1: none) and the weight; `count`: sign votes by count, not by sum. Returns -1 when the
+ * scratch cannot be allocated (nothing written), else 0. */
+int prefkit_ties_merge(const float *const *deltas, int models, int64_t n, const float *bounds,
+                       const float *ratios, const float *weights, int count, int normalize,
+                       float lambda, const float *base, float *out)
 {
-    for (int64_t j = 0; j < n; j++) {
-        float d = divisor[j];
-        float mixed = total[j] * elected_sign(votes, j) / (d + (float)(d == 0.0f));
-        out[j] = mixed * lambda + base[j];
+    float *trimmed = malloc(sizeof(float) * BLOCK * (size_t)models);
+    if (trimmed == NULL)
+        return -1;
+    for (int64_t at = 0; at < n; at += BLOCK) {
+        int size = n - at < BLOCK ? (int)(n - at) : BLOCK;
+        ties_block(deltas, models, at, size, bounds, ratios, weights, count, normalize, lambda,
+                   base, out, trimmed);
     }
+    free(trimmed);
+    return 0;
 }
 
 /* A Python module too, so that setuptools builds and names it like any extension; prefkit

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
-import threading
 
 import torch
 
@@ -28,13 +27,13 @@ _lib = ctypes.CDLL(_spec.origin)
 
 _P, _N, _F, _I = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 _lib.prefkit_high_counts.argtypes = [_P, _N, _P]
+_lib.prefkit_high_counts.restype = None
+_lib.prefkit_task_vector_high_counts.argtypes = [_P, _P, _N, _P]
+_lib.prefkit_task_vector_high_counts.restype = None
 _lib.prefkit_low_counts.argtypes = [_P, _N, ctypes.c_uint32, _P]
-_lib.prefkit_ties_trim_vote.argtypes = [_P, _N, _F, _F, _F, _P, _I]
-_lib.prefkit_ties_disjoint_add.argtypes = [_P, _N, _P, _F, _P, _P, _I]
-_lib.prefkit_ties_finish.argtypes = [_P, _P, _P, _N, _F, _P, _P]
-for _function in (_lib.prefkit_high_counts, _lib.prefkit_low_counts, _lib.prefkit_ties_trim_vote,
-                  _lib.prefkit_ties_disjoint_add, _lib.prefkit_ties_finish):
-    _function.restype = None
+_lib.prefkit_low_counts.restype = None
+_lib.prefkit_ties_merge.argtypes = [_P, _I, _N, _P, _P, _P, _I, _I, _F, _P, _P]
+_lib.prefkit_ties_merge.restype = _I
 
 
 def magnitude_counts(values: torch.Tensor, high_bin: int | None = None) -> torch.Tensor:
@@ -51,41 +50,34 @@ def magnitude_counts(values: torch.Tensor, high_bin: int | None = None) -> torch
     return counts
 
 
+def task_vector_high_counts(values: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """`values -= base` in place (float32, flat, contiguous, CPU) and `magnitude_counts` of the
+    result, in one pass."""
+    counts = torch.zeros(1 << 15, dtype=torch.int64)
+    _lib.prefkit_task_vector_high_counts(values.data_ptr(), base.data_ptr(), values.numel(),
+                                         counts.data_ptr())
+    return counts
+
+
 class TiesChunk:
-    """The TIES merge of one chunk in one loop per model and step (see `plugins/ties.py`).
+    """The TIES merge of a chunk in one C loop over blocks that stay in L1 (see
+    `plugins/ties.py` for the steps; `prefkit_ties_merge` in `_kernels.c`).
 
     `bounds[i]` is model i's hardshrink bound (`MagnitudeCut.shrink_bound`; -inf keeps all),
     `ratios[i]` its rescale ratio (1: none), `weights[i]` its weight (each rounded to float32).
     """
 
     def __init__(self, bounds, ratios, weights, *, count: bool, normalize: bool, lambda_: float):
-        self.models = list(zip(bounds, ratios, weights))
+        floats = ctypes.c_float * len(weights)
+        self.models = len(weights)
+        self.bounds, self.ratios, self.weights = floats(*bounds), floats(*ratios), floats(*weights)
         self.count, self.normalize, self.lambda_ = int(count), int(normalize), lambda_
 
     def __call__(self, deltas: list[torch.Tensor], base: torch.Tensor, out: torch.Tensor) -> None:
-        """Merge one chunk: `deltas` (flat contiguous float32; trimmed and scaled in place),
-        `base`, and `out` (may be `deltas[0]`)."""
-        n = base.numel()
-        scratch = _scratch_of_thread(n)
-        scratch[:, :n] = 0
-        votes, total, divisor = (row.data_ptr() for row in scratch)
-        for delta, (bound, ratio, weight) in zip(deltas, self.models):
-            _lib.prefkit_ties_trim_vote(delta.data_ptr(), n, bound, ratio, weight, votes,
-                                        self.count)
-        for delta, (_, _, weight) in zip(deltas, self.models):
-            _lib.prefkit_ties_disjoint_add(delta.data_ptr(), n, votes, weight, total, divisor,
-                                           self.normalize)
-        _lib.prefkit_ties_finish(total, votes, divisor, n, self.lambda_, base.data_ptr(),
-                                 out.data_ptr())
-
-
-_thread = threading.local()
-
-
-def _scratch_of_thread(n: int) -> torch.Tensor:
-    """Votes, sums and divisors of a chunk: one buffer per thread, reused (no pages faulted in
-    per chunk)."""
-    scratch = getattr(_thread, "scratch", None)
-    if scratch is None or scratch.shape[1] < n:
-        scratch = _thread.scratch = torch.empty((3, n), dtype=torch.float32)
-    return scratch
+        """Merge one chunk: `deltas` (flat contiguous float32 task vectors, left as they are),
+        `base`, into `out` (may be `deltas[0]`)."""
+        pointers = (ctypes.c_void_p * self.models)(*(d.data_ptr() for d in deltas))
+        if _lib.prefkit_ties_merge(pointers, self.models, base.numel(), self.bounds, self.ratios,
+                                   self.weights, self.count, self.normalize, self.lambda_,
+                                   base.data_ptr(), out.data_ptr()):
+            raise MemoryError("prefkit_ties_merge: no memory for its scratch")

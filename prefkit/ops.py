@@ -182,9 +182,7 @@ class MagnitudeSelection:
             if self._kept is not None and self.count <= self.SMALL:
                 self._kept.append(magnitude_bits(flat).clone())
                 return
-            for bits in self._kept or ():
-                self._high = _add(self._high, high_histogram(bits, consume=True))
-            self._kept = None
+            self._count_kept()
             fused = magnitude_counts(flat)
             if fused is not None:
                 self._high = _add(self._high, fused)
@@ -201,6 +199,17 @@ class MagnitudeSelection:
             for counts in map_chunks(lambda p: low_histogram(self._bits(flat[p]), high_bin,
                                                              consume=True), flat.numel()):
                 self._low = _add(self._low, counts)
+
+    def add_high_counts(self, counts: torch.Tensor, n: int) -> None:
+        """Round 1 for `n` values whose high-bin counts were made elsewhere (`high_histogram`)."""
+        self.count += n
+        self._count_kept()
+        self._high = _add(self._high, counts)
+
+    def _count_kept(self) -> None:
+        for bits in self._kept or ():
+            self._high = _add(self._high, high_histogram(bits, consume=True))
+        self._kept = None
 
     def _bits(self, piece: torch.Tensor) -> torch.Tensor:
         """`magnitude_bits` of a chunk, into a buffer reused by the thread (no allocation per
@@ -263,6 +272,25 @@ def magnitude_cut_point(delta: torch.Tensor, k: int) -> tuple[float, int, int]:
             return found
     selection = MagnitudeSelection()
     selection.add(flat)
+    if selection.choose(k):
+        selection.add(flat)
+    return selection.result()
+
+
+def task_vector_cut_point(tensor: torch.Tensor, base: torch.Tensor, k: int
+                          ) -> tuple[float, int, int]:
+    """`tensor -= base` in place (the task vector τ), then `magnitude_cut_point(τ, k)`. With the
+    fused kernels the subtraction and the first histogram are one pass, and the second pass
+    finds τ still in the CPU's cache when it fits."""
+    fused = kernels(tensor, base)
+    if (fused is None or tensor.numel() <= MagnitudeSelection.SMALL or not tensor.is_contiguous()
+            or not base.is_contiguous()):
+        return magnitude_cut_point(tensor.sub_(base), k)
+    flat, flat_base = tensor.reshape(-1), base.reshape(-1)
+    parts = map_chunks(lambda p: fused.task_vector_high_counts(flat[p], flat_base[p]),
+                       flat.numel(), HISTOGRAM_PART)
+    selection = MagnitudeSelection()
+    selection.add_high_counts(sum(parts[1:], parts[0]), flat.numel())
     if selection.choose(k):
         selection.add(flat)
     return selection.result()
