@@ -242,10 +242,13 @@ def _cuts(scan: Scan, model_params: Sequence[TiesModelParams] | None) -> list[Ma
     densities: list[float] = []
     for item in scan():
         if not selections:
-            selections = [MagnitudeSelection() for _ in item.tensors]
             densities = [mp.density for mp in (model_params or item.model_params)]
+            # one tensor's slabs share a distribution: the first predicts the cut-off (and round
+            # 1 keeps what lies near it); a whole task vector's tensors do not
+            selections = [MagnitudeSelection(top_fraction=d if model_params else None)
+                          for d in densities]
         for selection, tensor in zip(selections, item.tensors):
-            selection.add(tensor.sub_(item.base))
+            selection.add_task_vector(tensor, item.base)
     ks = [_keep_count(d, s.count) for d, s in zip(densities, selections)]
     again = [i for i, k in enumerate(ks) if k and selections[i].choose(k)]
     if again:

@@ -26,36 +26,38 @@ if _spec is None or _spec.origin is None:
 _lib = ctypes.CDLL(_spec.origin)
 
 _P, _N, _F, _I = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
-_lib.prefkit_high_counts.argtypes = [_P, _N, _P]
-_lib.prefkit_high_counts.restype = None
-_lib.prefkit_task_vector_high_counts.argtypes = [_P, _P, _N, _P]
-_lib.prefkit_task_vector_high_counts.restype = None
+_lib.prefkit_high_counts.argtypes = [_P, _P, _N, ctypes.c_uint32, ctypes.c_uint32, _P, _P, _N]
+_lib.prefkit_high_counts.restype = _N
 _lib.prefkit_low_counts.argtypes = [_P, _N, ctypes.c_uint32, _P]
 _lib.prefkit_low_counts.restype = None
 _lib.prefkit_ties_merge.argtypes = [_P, _I, _N, _P, _P, _P, _I, _I, _F, _P, _P]
 _lib.prefkit_ties_merge.restype = _I
 
 
-def magnitude_counts(values: torch.Tensor, high_bin: int | None = None) -> torch.Tensor:
-    """Counts of |values| (float32, flat, contiguous, CPU) by bit pattern: the 2^15 high-bit
-    bins (`high_bin` None), or the 2^16 low-bit values of the patterns in bin `high_bin` (as
-    `ops.high_histogram` and `ops.low_histogram` count them, without a pass that forms the
-    patterns first)."""
-    if high_bin is None:
-        counts = torch.zeros(1 << 15, dtype=torch.int64)
-        _lib.prefkit_high_counts(values.data_ptr(), values.numel(), counts.data_ptr())
-    else:
-        counts = torch.zeros(1 << 16, dtype=torch.int64)
-        _lib.prefkit_low_counts(values.data_ptr(), values.numel(), high_bin, counts.data_ptr())
-    return counts
+KEPT_ROOM = 8  # at most 1/KEPT_ROOM of the values are kept near the predicted cut-off
 
 
-def task_vector_high_counts(values: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-    """`values -= base` in place (float32, flat, contiguous, CPU) and `magnitude_counts` of the
-    result, in one pass."""
+def high_counts(values: torch.Tensor, base: torch.Tensor | None = None,
+                window: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Round 1 of the exact selection over |values| (float32, flat, contiguous, CPU): counts of
+    the 2^15 high-bit bins of their bit patterns (as `ops.high_histogram` counts them), and the
+    patterns in `window` = [lo, hi) (None when more than 1/KEPT_ROOM of the values lay there).
+    With `base`, `values -= base` first, in place, in the same pass."""
+    lo, hi = window
+    room = values.numel() // KEPT_ROOM if hi > lo else 0
     counts = torch.zeros(1 << 15, dtype=torch.int64)
-    _lib.prefkit_task_vector_high_counts(values.data_ptr(), base.data_ptr(), values.numel(),
-                                         counts.data_ptr())
+    kept = torch.empty(room + 1, dtype=torch.int32)  # + 1: the sink for what does not fit
+    met = _lib.prefkit_high_counts(values.data_ptr(), None if base is None else base.data_ptr(),
+                                   values.numel(), lo, hi, counts.data_ptr(), kept.data_ptr(),
+                                   room)
+    return counts, (kept[:met].clone() if met <= room else None)
+
+
+def low_counts(values: torch.Tensor, high_bin: int) -> torch.Tensor:
+    """Counts of the 2^16 low-bit values of the patterns of |values| in bin `high_bin` (as
+    `ops.low_histogram` counts them, without a pass that forms the patterns first)."""
+    counts = torch.zeros(1 << 16, dtype=torch.int64)
+    _lib.prefkit_low_counts(values.data_ptr(), values.numel(), high_bin, counts.data_ptr())
     return counts
 
 

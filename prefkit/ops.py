@@ -63,18 +63,8 @@ def kernels(*tensors: torch.Tensor):
 
 
 HISTOGRAM_PART = 1 << 21  # entries counted per task by the fused histograms (more: fewer sums)
-
-
-def magnitude_counts(flat: torch.Tensor, high_bin: int | None = None) -> torch.Tensor | None:
-    """`kernels.magnitude_counts` of a flat float32 CPU tensor, over the merge's threads in
-    parts; None when the fused kernels do not apply (the caller counts with `bincount`)."""
-    fused = kernels(flat)
-    if fused is None:
-        return None
-    values = flat.contiguous()
-    parts = map_chunks(lambda part: fused.magnitude_counts(values[part], high_bin), values.numel(),
-                       HISTOGRAM_PART)
-    return sum(parts[1:], parts[0])
+PREDICT_MIN = 1 << 20  # a piece this large predicts the cut-off (round 1 keeps what is near)
+WINDOW_BINS = 9  # high bins kept around the predicted one: ±4, about ±3% of its value
 
 
 def high_histogram(bits: torch.Tensor, *, consume: bool = False) -> torch.Tensor:
@@ -163,48 +153,98 @@ class MagnitudeSelection:
     (`add` again, the same values in any order) counts the 2^16 low-bit values inside that bin.
     Up to `SMALL` values are simply kept and selected directly, with no second round (a
     histogram costs more than a sort of a LayerNorm's 768 values).
+
+    With the fused kernels and `top_fraction` (k ≈ top_fraction × count, known in advance), the
+    first large piece predicts the bin of the k-th largest from a sample, and round 1 also keeps
+    the patterns in `WINDOW_BINS` bins around it: when the k-th largest lies among them (the
+    usual case) `choose` finds it there and no second round is needed.
     """
 
     SMALL = 1 << 16
 
-    def __init__(self) -> None:
+    def __init__(self, top_fraction: float | None = None) -> None:
         self.count = 0  # values seen in round 1
+        self.top_fraction = top_fraction
         self._kept: list[torch.Tensor] | None = []  # bit patterns while count <= SMALL
         self._high: torch.Tensor | None = None
         self._low: torch.Tensor | None = None
         self._bin: tuple[int, int] | None = None  # (high bin, entries above it)
+        self._round_two = False  # choose() asked for a second round
         self._found: tuple[float, int, int] | None = None
+        self._window: tuple[int, int] = (0, 0)  # patterns [lo, hi) kept in round 1
+        self._near: list[torch.Tensor] | None = []  # those patterns (None: some did not fit)
 
     def add(self, values: torch.Tensor) -> None:
-        flat = values.reshape(-1)
+        """Round 1 (before `choose`) or round 2 (after it asked for one) over these values."""
+        self._add(values.reshape(-1), None)
+
+    def add_task_vector(self, tensor: torch.Tensor, base: torch.Tensor) -> None:
+        """`tensor -= base` (in place: the task vector τ), and `add(τ)`: in round 1 with the
+        fused kernels, the subtraction and the counting are one pass."""
+        fused = self._fused(tensor, base)
+        if fused is None or self._round_two or self.count + tensor.numel() <= self.SMALL:
+            self.add(tensor.sub_(base))
+        else:
+            self._add(tensor.reshape(-1), base.reshape(-1))
+
+    def _fused(self, *tensors: torch.Tensor):
+        fused = kernels(*tensors)
+        return fused if fused is not None and all(t.is_contiguous() for t in tensors) else None
+
+    def _add(self, flat: torch.Tensor, base: torch.Tensor | None) -> None:
+        """`add`; `base` (round 1 with the kernels only): subtract it from `flat` first."""
         if self._bin is None and self._found is None:  # round 1
             self.count += flat.numel()
             if self._kept is not None and self.count <= self.SMALL:
                 self._kept.append(magnitude_bits(flat).clone())
                 return
             self._count_kept()
-            fused = magnitude_counts(flat)
+            fused = self._fused(flat)
             if fused is not None:
-                self._high = _add(self._high, fused)
+                self._count_fused(fused, flat, base)
                 return
+            self._near = None
             for counts in map_chunks(lambda p: high_histogram(self._bits(flat[p]), consume=True),
                                      flat.numel()):
                 self._high = _add(self._high, counts)
-        elif self._bin is not None:  # round 2
+        elif self._round_two:
             high_bin = self._bin[0]
-            fused = magnitude_counts(flat, high_bin)
+            fused = self._fused(flat)
             if fused is not None:
-                self._low = _add(self._low, fused)
-                return
-            for counts in map_chunks(lambda p: low_histogram(self._bits(flat[p]), high_bin,
-                                                             consume=True), flat.numel()):
+                parts = map_chunks(lambda p: fused.low_counts(flat[p], high_bin), flat.numel(),
+                                   HISTOGRAM_PART)
+            else:
+                parts = map_chunks(lambda p: low_histogram(self._bits(flat[p]), high_bin,
+                                                           consume=True), flat.numel())
+            for counts in parts:
                 self._low = _add(self._low, counts)
 
-    def add_high_counts(self, counts: torch.Tensor, n: int) -> None:
-        """Round 1 for `n` values whose high-bin counts were made elsewhere (`high_histogram`)."""
-        self.count += n
-        self._count_kept()
-        self._high = _add(self._high, counts)
+    def _count_fused(self, fused, flat: torch.Tensor, base: torch.Tensor | None) -> None:
+        if self._window == (0, 0) and self._near is not None:
+            if self.top_fraction is not None and flat.numel() >= PREDICT_MIN:
+                self._window = self._predict(flat, base)
+            else:
+                self._near = None  # nothing to predict from: two rounds
+        parts = map_chunks(
+            lambda p: fused.high_counts(flat[p], None if base is None else base[p], self._window),
+            flat.numel(), HISTOGRAM_PART)
+        for counts, near in parts:
+            self._high = _add(self._high, counts)
+            if self._near is not None and near is not None:
+                self._near.append(near)
+            else:
+                self._near = None
+
+    def _predict(self, flat: torch.Tensor, base: torch.Tensor | None) -> tuple[int, int]:
+        """The patterns [lo, hi) of `WINDOW_BINS` high bins around the bin where a strided sample
+        of 2^14 values puts the top `top_fraction`."""
+        step = max(1, flat.numel() >> 14)
+        sample = flat[::step] if base is None else flat[::step] - base[::step]
+        bits = magnitude_bits(sample.contiguous())
+        rank = min(bits.numel(), max(1, round(self.top_fraction * bits.numel())))
+        predicted = int(torch.kthvalue(bits, bits.numel() - rank + 1).values) >> 16
+        lo = max(0, predicted - WINDOW_BINS // 2)
+        return lo << 16, min(1 << 15, lo + WINDOW_BINS) << 16
 
     def _count_kept(self) -> None:
         for bits in self._kept or ():
@@ -230,6 +270,14 @@ class MagnitudeSelection:
             self._found = (bits_to_float(pattern), greater, equal)
             return False
         self._bin = bin_of_kth_largest(self._high, k)
+        near, self._near = self._near, None
+        lo, hi = self._window
+        if near is not None and lo <= self._bin[0] << 16 < hi:  # round 1 kept its patterns
+            kept = torch.cat(near) if near else torch.zeros(0, dtype=torch.int32)
+            in_bin = kept[(kept >> 16) == self._bin[0]]
+            self._low = torch.bincount(in_bin & 0xFFFF, minlength=1 << 16)
+            return False
+        self._round_two = True
         return True
 
     def result(self) -> tuple[float, int, int]:
@@ -270,7 +318,7 @@ def magnitude_cut_point(delta: torch.Tensor, k: int) -> tuple[float, int, int]:
         found = _windowed_cut_point(flat, k)
         if found is not None:
             return found
-    selection = MagnitudeSelection()
+    selection = MagnitudeSelection(top_fraction=k / flat.numel())
     selection.add(flat)
     if selection.choose(k):
         selection.add(flat)
@@ -280,19 +328,14 @@ def magnitude_cut_point(delta: torch.Tensor, k: int) -> tuple[float, int, int]:
 def task_vector_cut_point(tensor: torch.Tensor, base: torch.Tensor, k: int
                           ) -> tuple[float, int, int]:
     """`tensor -= base` in place (the task vector τ), then `magnitude_cut_point(τ, k)`. With the
-    fused kernels the subtraction and the first histogram are one pass, and the second pass
-    finds τ still in the CPU's cache when it fits."""
-    fused = kernels(tensor, base)
-    if (fused is None or tensor.numel() <= MagnitudeSelection.SMALL or not tensor.is_contiguous()
-            or not base.is_contiguous()):
+    fused kernels the subtraction, the first histogram and the prediction of the cut-off are
+    one pass, and usually the only one."""
+    if kernels(tensor, base) is None or tensor.numel() <= MagnitudeSelection.SMALL:
         return magnitude_cut_point(tensor.sub_(base), k)
-    flat, flat_base = tensor.reshape(-1), base.reshape(-1)
-    parts = map_chunks(lambda p: fused.task_vector_high_counts(flat[p], flat_base[p]),
-                       flat.numel(), HISTOGRAM_PART)
-    selection = MagnitudeSelection()
-    selection.add_high_counts(sum(parts[1:], parts[0]), flat.numel())
+    selection = MagnitudeSelection(top_fraction=k / tensor.numel())
+    selection.add_task_vector(tensor, base)
     if selection.choose(k):
-        selection.add(flat)
+        selection.add(tensor)
     return selection.result()
 
 

@@ -97,23 +97,64 @@ def test_a_cut_that_splits_its_ties_spends_them_in_flat_order(monkeypatch):
     assert torch.equal(doubles, merged.double())
 
 
-@pytest.mark.parametrize("high_bin", [None, "k-th"])
-def test_fused_histograms_equal_bincount(high_bin):
+def _special_values(n: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(3)
-    values = torch.randn(N, generator=g) * 1e-2
+    values = torch.randn(n, generator=g) * 1e-2
     values[::3] = -values[::3]
     values[::101] = float("inf")
     values[::103] = -0.0
+    return values
+
+
+def test_fused_histograms_equal_bincount():
+    values = _special_values(N)
     bits = ops.magnitude_bits(values)
-    if high_bin is None:
-        want = ops.high_histogram(bits)
-    else:
-        high_bin = int(ops.bin_of_kth_largest(ops.high_histogram(bits), N // 5)[0])
-        want = ops.low_histogram(bits, high_bin)
-    with ops.merge_threads(2):
-        got = ops.magnitude_counts(values, high_bin)
-    assert torch.equal(got, want)
-    assert int(got.sum()) == (N if high_bin is None else int(want.sum())) > 0
+    high_bin = int(ops.bin_of_kth_largest(ops.high_histogram(bits), N // 5)[0])
+    lo, hi = (high_bin - 2) << 16, (high_bin + 3) << 16
+    counts, near = kernels.high_counts(values, window=(lo, hi))
+    assert torch.equal(counts, ops.high_histogram(bits))
+    assert torch.equal(near, bits[(bits >= lo) & (bits < hi)])  # in order, every one of them
+    assert torch.equal(kernels.low_counts(values, high_bin), ops.low_histogram(bits, high_bin))
+    assert int(counts.sum()) == N and 0 < near.numel() < N // kernels.KEPT_ROOM
+
+
+def test_fused_task_vector_and_overflowing_window():
+    """With `base`, the values become τ = values − base in the same pass (torch's sub_ bits);
+    a window that holds more than 1/KEPT_ROOM of the values keeps nothing."""
+    values, base = _special_values(N), torch.full((N,), 0.25)
+    tau = values - base
+    got = values.clone()
+    counts, near = kernels.high_counts(got, base, window=(0, 0x7F800000))  # every finite |τ|
+    assert torch.equal(got.view(torch.int32), tau.view(torch.int32))
+    assert torch.equal(counts, ops.high_histogram(ops.magnitude_bits(tau)))
+    assert near is None
+
+
+def test_the_predicted_window_spares_the_second_round(monkeypatch):
+    """A tensor's cut-off from one fused pass (round 1 kept what lay near the prediction), and
+    from two when the prediction misses; both equal a sort."""
+    monkeypatch.delenv("PREFKIT_KERNELS", raising=False)
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(ops.PREDICT_MIN + 999, generator=g)
+    tensor = base + torch.randn(base.numel(), generator=g) * 1e-3
+    k = base.numel() // 5
+    tau = tensor - base
+    mag = tau.abs()
+    want_threshold = float(torch.sort(mag, descending=True).values[k - 1])
+    want = (want_threshold, int((mag > want_threshold).sum()), int((mag == want_threshold).sum()))
+
+    selection = ops.MagnitudeSelection(top_fraction=0.2)
+    selection.add_task_vector(tensor.clone(), base)
+    assert selection.choose(k) is False  # found among the kept patterns
+    assert selection.result() == want
+
+    misled = ops.MagnitudeSelection(top_fraction=0.9)  # predicts far below the cut-off
+    moved = tensor.clone()
+    misled.add_task_vector(moved, base)
+    assert misled.choose(k) is True
+    misled.add(moved)
+    assert misled.result() == want
+    assert ops.task_vector_cut_point(tensor.clone(), base, k) == want
 
 
 def test_which_tensors_take_the_kernels(monkeypatch):
