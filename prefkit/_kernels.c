@@ -26,32 +26,43 @@ static inline float elected_sign(const float *votes, int64_t j)
 
 /* Round 1 of the exact selection, for one value: count its high bin, and keep its pattern when
  * it lies in [lo, hi) (branch-free: the store always happens, the index moves only when kept;
- * `kept` has room + 1 places, the last one a sink for what no longer fits). */
-static inline void count_and_keep(uint32_t pattern, uint32_t lo, uint32_t hi, int64_t *counts,
-                                  uint32_t *kept, int64_t room, int64_t *met)
+ * `kept` has room + 1 places, the last one a sink for what no longer fits). Returns the new
+ * number of patterns met in [lo, hi) (a local in the caller: no store per value). */
+static inline int64_t count_and_keep(uint32_t pattern, uint32_t lo, uint32_t hi,
+                                     int64_t *restrict counts, uint32_t *restrict kept,
+                                     int64_t room, int64_t met)
 {
     counts[pattern >> 16]++;
-    kept[*met < room ? *met : room] = pattern;
-    *met += pattern - lo < hi - lo;
+    kept[met < room ? met : room] = pattern;
+    return met + (pattern - lo < hi - lo);
 }
 
 /* counts[p >> 16] += 1 for the pattern p of every |values[j]| (2^15 counts), and the patterns
- * in [lo, hi) kept in `kept` (room for `room`). With `base`, values -= base first, in place
- * (the task vector, rounded as torch's sub_ rounds it), in the same pass. Returns how many
- * patterns lay in [lo, hi): more than `room` means some were not kept. */
+ * in [lo, hi) kept in `kept` (room for `room`; an empty range keeps none). With `base`,
+ * values -= base first, in place (the task vector, rounded as torch's sub_ rounds it), in the
+ * same pass. Returns how many patterns lay in [lo, hi): more than `room` means some were not
+ * kept. */
 int64_t prefkit_high_counts(float *restrict values, const float *restrict base, int64_t n,
                             uint32_t lo, uint32_t hi, int64_t *restrict counts,
                             uint32_t *restrict kept, int64_t room)
 {
     int64_t met = 0;
-    if (base != NULL) {
+    if (base != NULL && hi > lo) {
         for (int64_t j = 0; j < n; j++) {
             values[j] = values[j] - base[j];
-            count_and_keep(magnitude_pattern(values, j), lo, hi, counts, kept, room, &met);
+            met = count_and_keep(magnitude_pattern(values, j), lo, hi, counts, kept, room, met);
         }
+    } else if (base != NULL) {
+        for (int64_t j = 0; j < n; j++) {
+            values[j] = values[j] - base[j];
+            counts[magnitude_pattern(values, j) >> 16]++;
+        }
+    } else if (hi > lo) {
+        for (int64_t j = 0; j < n; j++)
+            met = count_and_keep(magnitude_pattern(values, j), lo, hi, counts, kept, room, met);
     } else {
         for (int64_t j = 0; j < n; j++)
-            count_and_keep(magnitude_pattern(values, j), lo, hi, counts, kept, room, &met);
+            counts[magnitude_pattern(values, j) >> 16]++;
     }
     return met;
 }

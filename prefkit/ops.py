@@ -62,9 +62,18 @@ def kernels(*tensors: torch.Tensor):
     return module
 
 
-HISTOGRAM_PART = 1 << 21  # entries counted per task by the fused histograms (more: fewer sums)
-PREDICT_MIN = 1 << 20  # a piece this large predicts the cut-off (round 1 keeps what is near)
+HISTOGRAM_PART = 1 << 21  # entries counted per task by the fused histograms at most
+PREDICT_MIN = 1 << 18  # a piece this large predicts the cut-off (round 1 keeps what is near)
 WINDOW_BINS = 9  # high bins kept around the predicted one: ±4, about ±3% of its value
+
+
+def histogram_part(n: int) -> int:
+    """Entries per task when the fused kernels histogram n values: tasks of equal size, one per
+    merge thread at least (a 2.4M-entry matrix is not 2M on one thread and 0.4M on the other),
+    at most HISTOGRAM_PART each (every task zeroes and sums its own 2^15 counts)."""
+    pool = _workers.get()
+    tasks = max(-(-n // HISTOGRAM_PART), pool._max_workers if pool is not None else 1)
+    return max(1 << 16, -(-n // tasks))
 
 
 def high_histogram(bits: torch.Tensor, *, consume: bool = False) -> torch.Tensor:
@@ -212,7 +221,7 @@ class MagnitudeSelection:
             fused = self._fused(flat)
             if fused is not None:
                 parts = map_chunks(lambda p: fused.low_counts(flat[p], high_bin), flat.numel(),
-                                   HISTOGRAM_PART)
+                               histogram_part(flat.numel()))
             else:
                 parts = map_chunks(lambda p: low_histogram(self._bits(flat[p]), high_bin,
                                                            consume=True), flat.numel())
@@ -227,7 +236,7 @@ class MagnitudeSelection:
                 self._near = None  # nothing to predict from: two rounds
         parts = map_chunks(
             lambda p: fused.high_counts(flat[p], None if base is None else base[p], self._window),
-            flat.numel(), HISTOGRAM_PART)
+            flat.numel(), histogram_part(flat.numel()))
         for counts, near in parts:
             self._high = _add(self._high, counts)
             if self._near is not None and near is not None:
