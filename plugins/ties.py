@@ -245,8 +245,8 @@ def _cuts(scan: Scan, model_params: Sequence[TiesModelParams] | None) -> list[Ma
             densities = [mp.density for mp in (model_params or item.model_params)]
             # one tensor's slabs share a distribution: the first predicts the cut-off (and round
             # 1 keeps what lies near it); a whole task vector's tensors do not
-            selections = [MagnitudeSelection(top_fraction=d if model_params else None)
-                          for d in densities]
+            selections = [MagnitudeSelection(top_fraction=d if model_params else None,
+                                             streamed=True) for d in densities]
         for selection, tensor in zip(selections, item.tensors):
             selection.add_task_vector(tensor, item.base)
     ks = [_keep_count(d, s.count) for d, s in zip(densities, selections)]

@@ -10,6 +10,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(_WIN32)
+#define PREFKIT_API __declspec(dllexport) /* ctypes finds only exported functions */
+#else
+#define PREFKIT_API
+#endif
+
 static inline uint32_t magnitude_pattern(const float *values, int64_t j)
 {
     uint32_t bits;
@@ -42,9 +48,10 @@ static inline int64_t count_and_keep(uint32_t pattern, uint32_t lo, uint32_t hi,
  * values -= base first, in place (the task vector, rounded as torch's sub_ rounds it), in the
  * same pass. Returns how many patterns lay in [lo, hi): more than `room` means some were not
  * kept. */
-int64_t prefkit_high_counts(float *restrict values, const float *restrict base, int64_t n,
-                            uint32_t lo, uint32_t hi, int64_t *restrict counts,
-                            uint32_t *restrict kept, int64_t room)
+PREFKIT_API int64_t prefkit_high_counts(float *restrict values, const float *restrict base,
+                                        int64_t n, uint32_t lo, uint32_t hi,
+                                        int64_t *restrict counts, uint32_t *restrict kept,
+                                        int64_t room)
 {
     int64_t met = 0;
     if (base != NULL && hi > lo) {
@@ -80,7 +87,8 @@ static inline void count_low(const float *values, int64_t start, int64_t stop, u
     }
 }
 
-void prefkit_low_counts(const float *values, int64_t n, uint32_t high_bin, int64_t *counts)
+PREFKIT_API void prefkit_low_counts(const float *values, int64_t n, uint32_t high_bin,
+                                    int64_t *counts)
 {
     int64_t j = 0;
     for (; j + 64 <= n; j += 64) {
@@ -150,9 +158,10 @@ static void ties_block(const float *const *deltas, int models, int64_t at, int n
  * is read before it is written). Per model: the hardshrink bound (-inf keeps all), the rescale
  * ratio (1: none) and the weight; `count`: sign votes by count, not by sum. Returns -1 when the
  * scratch cannot be allocated (nothing written), else 0. */
-int prefkit_ties_merge(const float *const *deltas, int models, int64_t n, const float *bounds,
-                       const float *ratios, const float *weights, int count, int normalize,
-                       float lambda, const float *base, float *out)
+PREFKIT_API int prefkit_ties_merge(const float *const *deltas, int models, int64_t n,
+                                   const float *bounds, const float *ratios, const float *weights,
+                                   int count, int normalize, float lambda, const float *base,
+                                   float *out)
 {
     float *trimmed = malloc(sizeof(float) * BLOCK * (size_t)models);
     if (trimmed == NULL)

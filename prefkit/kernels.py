@@ -23,7 +23,11 @@ import torch
 _spec = importlib.util.find_spec("prefkit._kernels")
 if _spec is None or _spec.origin is None:
     raise ImportError("prefkit._kernels is not built (pip install needs a C compiler)")
-_lib = ctypes.CDLL(_spec.origin)
+try:
+    _lib = ctypes.CDLL(_spec.origin)
+    _lib.prefkit_high_counts, _lib.prefkit_low_counts, _lib.prefkit_ties_merge  # noqa: B018
+except (OSError, AttributeError) as error:  # a build this module does not know how to call
+    raise ImportError(f"prefkit._kernels cannot be loaded: {error}") from error
 
 _P, _N, _F, _I = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 _lib.prefkit_high_counts.argtypes = [_P, _P, _N, ctypes.c_uint32, ctypes.c_uint32, _P, _P, _N]

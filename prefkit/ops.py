@@ -65,6 +65,7 @@ def kernels(*tensors: torch.Tensor):
 HISTOGRAM_PART = 1 << 21  # entries counted per task by the fused histograms at most
 PREDICT_MIN = 1 << 18  # a piece this large predicts the cut-off (round 1 keeps what is near)
 WINDOW_BINS = 9  # high bins kept around the predicted one: ±4, about ±3% of its value
+STREAMED_WINDOW_BINS = 3  # the same, around the first piece's exact bin (`streamed`)
 
 
 def histogram_part(n: int) -> int:
@@ -166,14 +167,17 @@ class MagnitudeSelection:
     With the fused kernels and `top_fraction` (k ≈ top_fraction × count, known in advance), the
     first large piece predicts the bin of the k-th largest from a sample, and round 1 also keeps
     the patterns in `WINDOW_BINS` bins around it: when the k-th largest lies among them (the
-    usual case) `choose` finds it there and no second round is needed.
+    usual case) `choose` finds it there and no second round is needed. `streamed` (many pieces
+    of one distribution, e.g. the slabs of an embedding, whose kept patterns live until the
+    last piece): the first piece's own k-th largest, counted exactly (one more pass over that
+    piece alone), predicts so well that `STREAMED_WINDOW_BINS` bins suffice and little is kept.
     """
 
     SMALL = 1 << 16
 
-    def __init__(self, top_fraction: float | None = None) -> None:
+    def __init__(self, top_fraction: float | None = None, *, streamed: bool = False) -> None:
         self.count = 0  # values seen in round 1
-        self.top_fraction = top_fraction
+        self.top_fraction, self.streamed = top_fraction, streamed
         self._kept: list[torch.Tensor] | None = []  # bit patterns while count <= SMALL
         self._high: torch.Tensor | None = None
         self._low: torch.Tensor | None = None
@@ -230,19 +234,41 @@ class MagnitudeSelection:
 
     def _count_fused(self, fused, flat: torch.Tensor, base: torch.Tensor | None) -> None:
         if self._window == (0, 0) and self._near is not None:
-            if self.top_fraction is not None and flat.numel() >= PREDICT_MIN:
-                self._window = self._predict(flat, base)
-            else:
+            if self.top_fraction is None or flat.numel() < (self.SMALL if self.streamed
+                                                             else PREDICT_MIN):
                 self._near = None  # nothing to predict from: two rounds
-        parts = map_chunks(
-            lambda p: fused.high_counts(flat[p], None if base is None else base[p], self._window),
-            flat.numel(), histogram_part(flat.numel()))
-        for counts, near in parts:
-            self._high = _add(self._high, counts)
-            if self._near is not None and near is not None:
-                self._near.append(near)
+            elif self.streamed:  # this piece's own cut-off, counted exactly, then kept around
+                counts, _ = self._scan(fused, flat, base, (0, 0))  # (counted again below)
+                self._window = self._around(counts, STREAMED_WINDOW_BINS)
+                base = None  # flat holds τ now
             else:
-                self._near = None
+                self._window = self._predict(flat, base)
+        counts, near = self._scan(fused, flat, base, self._window)
+        self._high = _add(self._high, counts)
+        if self._near is not None and near is not None:
+            self._near.extend(near)
+        else:
+            self._near = None
+
+    @staticmethod
+    def _scan(fused, flat: torch.Tensor, base: torch.Tensor | None, window: tuple[int, int]
+              ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """The fused round-1 pass over the merge's threads: high counts, and the patterns in
+        `window` (None: more than the kept room lay there)."""
+        parts = map_chunks(
+            lambda p: fused.high_counts(flat[p], None if base is None else base[p], window),
+            flat.numel(), histogram_part(flat.numel()))
+        nears = [near for _, near in parts]
+        counts = sum((c for c, _ in parts[1:]), parts[0][0])
+        return counts, (None if any(n is None for n in nears) else nears)
+
+    def _around(self, counts: torch.Tensor, bins: int) -> tuple[int, int]:
+        """The patterns [lo, hi) of `bins` high bins centred on the bin that holds the top
+        `top_fraction` of the values `counts` counted."""
+        total = int(counts.sum())
+        centre = bin_of_kth_largest(counts, min(total, max(1, round(self.top_fraction * total))))[0]
+        lo = max(0, centre - bins // 2)
+        return lo << 16, min(1 << 15, lo + bins) << 16
 
     def _predict(self, flat: torch.Tensor, base: torch.Tensor | None) -> tuple[int, int]:
         """The patterns [lo, hi) of `WINDOW_BINS` high bins around the bin where a strided sample

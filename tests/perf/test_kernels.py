@@ -157,6 +157,45 @@ def test_the_predicted_window_spares_the_second_round(monkeypatch):
     assert ops.task_vector_cut_point(tensor.clone(), base, k) == want
 
 
+def test_streamed_pieces_keep_little_and_stay_exact(monkeypatch):
+    """Slabs of one tensor (`streamed`): the first slab's exact cut-off predicts the window, so
+    well that 3 bins suffice (under 1% of the values kept until the last slab); a first slab
+    unlike the rest misleads it, and the second round answers."""
+    monkeypatch.delenv("PREFKIT_KERNELS", raising=False)
+    g = torch.Generator().manual_seed(6)
+    rows, width = 4000, 768  # 3.1M values in slabs of 300 rows (230k values each)
+    base = torch.randn(rows, width, generator=g)
+    tensor = base + torch.randn(rows, width, generator=g) * 1e-3
+    k = int(0.2 * tensor.numel())
+
+    def streamed(tensor):
+        selection = ops.MagnitudeSelection(top_fraction=0.2, streamed=True)
+        kept = []
+        for start in range(0, rows, 300):
+            selection.add_task_vector(tensor[start:start + 300], base[start:start + 300])
+            kept.append(sum(n.numel() for n in selection._near or []))
+        second_round = selection.choose(k)
+        if second_round:
+            for start in range(0, rows, 300):
+                selection.add(tensor[start:start + 300])
+        return selection.result(), second_round, kept[-1]
+
+    tau = (tensor - base).abs().reshape(-1)
+    threshold = float(torch.sort(tau, descending=True).values[k - 1])
+    want = (threshold, int((tau > threshold).sum()), int((tau == threshold).sum()))
+    found, second_round, kept = streamed(tensor.clone())
+    assert (found, second_round) == (want, False)
+    assert 0 < kept < tensor.numel() // 100
+
+    unlike = tensor.clone()
+    unlike[:300] = base[:300] + torch.randn(300, width, generator=g) * 1e-1  # a louder first slab
+    tau = (unlike - base).abs().reshape(-1)
+    threshold = float(torch.sort(tau, descending=True).values[k - 1])
+    want = (threshold, int((tau > threshold).sum()), int((tau == threshold).sum()))
+    found, second_round, _ = streamed(unlike)
+    assert (found, second_round) == (want, True)
+
+
 def test_which_tensors_take_the_kernels(monkeypatch):
     monkeypatch.delenv("PREFKIT_KERNELS", raising=False)
     assert ops.kernels(torch.zeros(2)) is kernels  # built by the install (`make setup`)
