@@ -194,8 +194,9 @@ class MagnitudeSelection:
     def add_task_vector(self, tensor: torch.Tensor, base: torch.Tensor) -> None:
         """`tensor -= base` (in place: the task vector τ), and `add(τ)`: in round 1 with the
         fused kernels, the subtraction and the counting are one pass."""
+        round_one = self._bin is None and self._found is None
         fused = self._fused(tensor, base)
-        if fused is None or self._round_two or self.count + tensor.numel() <= self.SMALL:
+        if fused is None or not round_one or self.count + tensor.numel() <= self.SMALL:
             self.add(tensor.sub_(base))
         else:
             self._add(tensor.reshape(-1), base.reshape(-1))

@@ -155,6 +155,9 @@ def test_the_predicted_window_spares_the_second_round(monkeypatch):
     misled.add(moved)
     assert misled.result() == want
     assert ops.task_vector_cut_point(tensor.clone(), base, k) == want
+    late = tensor.clone()
+    selection.add_task_vector(late, base)  # after the last round: ignored, but τ is formed
+    assert torch.equal(late, tau) and selection.result() == want
 
 
 def test_streamed_pieces_keep_little_and_stay_exact(monkeypatch):
