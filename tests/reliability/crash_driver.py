@@ -62,6 +62,10 @@ def _child(crash: Crash, cwd: str, log: str) -> None:
         os.dup2(fd, stream)
         os.close(fd)
     os.environ.update({**ENV, **crash.env})
+    # What Ctrl-C at a terminal meets: Python's KeyboardInterrupt. A test run started as a
+    # background job of a non-interactive shell (`cmd &`) inherits SIGINT ignored, which Python
+    # then keeps ignoring.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     torch.set_num_threads(1)
     if crash.file_size_limit is not None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (crash.file_size_limit,) * 2)
