@@ -202,12 +202,11 @@ def _fused_merge(deltas, base, cuts, ratios, weights, params: TiesParams):
     fused = kernels(base, *deltas)
     if fused is None:
         return None
-    if not all(t.is_contiguous() for t in (base, *deltas)):
-        return None
     merge = fused.TiesChunk(
         [float("-inf") if c is None else c.shrink_bound(base.dtype) for c in cuts],
         [1.0 if r is None else float(r) for r in ratios], weights,
         count=params.consensus == "count", normalize=params.normalize, lambda_=params.lambda_)
+
     def merge_chunk(part: slice) -> None:
         merge([d[part] for d in deltas], base[part], out=deltas[0][part])
 

@@ -49,11 +49,12 @@ def magnitude_bits(delta: torch.Tensor, out: torch.Tensor | None = None) -> torc
 
 def kernels(*tensors: torch.Tensor):
     """`prefkit.kernels` (fused C loops, the same bits as the eager torch ops) when every tensor
-    is float32 on the CPU, the extension is built and `PREFKIT_KERNELS` is not `torch`; else
-    None (use the eager torch path)."""
+    is contiguous float32 on the CPU, the extension is built and `PREFKIT_KERNELS` is not
+    `torch`; else None (use the eager torch path)."""
     if os.environ.get("PREFKIT_KERNELS") == "torch":
         return None
-    if not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
+    if not all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()
+               for t in tensors):
         return None
     try:
         from prefkit import kernels as module
@@ -195,15 +196,11 @@ class MagnitudeSelection:
         """`tensor -= base` (in place: the task vector τ), and `add(τ)`: in round 1 with the
         fused kernels, the subtraction and the counting are one pass."""
         round_one = self._bin is None and self._found is None
-        fused = self._fused(tensor, base)
+        fused = kernels(tensor, base)
         if fused is None or not round_one or self.count + tensor.numel() <= self.SMALL:
             self.add(tensor.sub_(base))
         else:
             self._add(tensor.reshape(-1), base.reshape(-1))
-
-    def _fused(self, *tensors: torch.Tensor):
-        fused = kernels(*tensors)
-        return fused if fused is not None and all(t.is_contiguous() for t in tensors) else None
 
     def _add(self, flat: torch.Tensor, base: torch.Tensor | None) -> None:
         """`add`; `base` (round 1 with the kernels only): subtract it from `flat` first."""
@@ -213,7 +210,7 @@ class MagnitudeSelection:
                 self._kept.append(magnitude_bits(flat).clone())
                 return
             self._count_kept()
-            fused = self._fused(flat)
+            fused = kernels(flat)
             if fused is not None:
                 self._count_fused(fused, flat, base)
                 return
@@ -223,7 +220,7 @@ class MagnitudeSelection:
                 self._high = _add(self._high, counts)
         elif self._round_two:
             high_bin = self._bin[0]
-            fused = self._fused(flat)
+            fused = kernels(flat)
             if fused is not None:
                 parts = map_chunks(lambda p: fused.low_counts(flat[p], high_bin), flat.numel(),
                                histogram_part(flat.numel()))
@@ -268,8 +265,7 @@ class MagnitudeSelection:
         `top_fraction` of the values `counts` counted."""
         total = int(counts.sum())
         centre = bin_of_kth_largest(counts, min(total, max(1, round(self.top_fraction * total))))[0]
-        lo = max(0, centre - bins // 2)
-        return lo << 16, min(1 << 15, lo + bins) << 16
+        return _bins_around(centre, bins)
 
     def _predict(self, flat: torch.Tensor, base: torch.Tensor | None) -> tuple[int, int]:
         """The patterns [lo, hi) of `WINDOW_BINS` high bins around the bin where a strided sample
@@ -279,8 +275,7 @@ class MagnitudeSelection:
         bits = magnitude_bits(sample.contiguous())
         rank = min(bits.numel(), max(1, round(self.top_fraction * bits.numel())))
         predicted = int(torch.kthvalue(bits, bits.numel() - rank + 1).values) >> 16
-        lo = max(0, predicted - WINDOW_BINS // 2)
-        return lo << 16, min(1 << 15, lo + WINDOW_BINS) << 16
+        return _bins_around(predicted, WINDOW_BINS)
 
     def _count_kept(self) -> None:
         for bits in self._kept or ():
@@ -325,6 +320,12 @@ class MagnitudeSelection:
             low_bits, greater = bin_of_kth_largest(low, self._k, above)
             self._found = (bits_to_float((high_bin << 16) | low_bits), greater, int(low[low_bits]))
         return self._found
+
+
+def _bins_around(centre: int, bins: int) -> tuple[int, int]:
+    """The bit patterns [lo, hi) of `bins` high bins (of 2^15), half of them below `centre`."""
+    lo = max(0, centre - bins // 2)
+    return lo << 16, min(1 << 15, lo + bins) << 16
 
 
 _scratch = threading.local()  # per thread: a chunk of int32 bit patterns
