@@ -631,9 +631,11 @@ def run_mergekit(venv: Path, recipe_path: Path, out: Path, log: Path, inputs: li
 
 
 def startup_cost(repeats: int) -> float:
-    """Seconds for a child that only starts Python and imports what `prefkit run` imports."""
+    """Seconds for a child that only starts Python, imports what `prefkit run` imports and exits
+    through the CLI's entry point (as a merge does: its exit is part of every wall time)."""
     code = ("import torch, safetensors, pydantic, yaml, click; import prefkit.cli, prefkit.executor, "
-            "prefkit.plan; from prefkit.registry import load_registry; load_registry()")
+            "prefkit.plan; from prefkit.registry import load_registry; load_registry(); "
+            "prefkit.cli.main(['--version'])")
     return statistics.median(measure([sys.executable, "-c", code], env=_env())["wall_s"]
                              for _ in range(max(1, repeats)))
 

@@ -160,12 +160,16 @@ class TiesMethod(TensorMethod):
         # A cut that keeps some of the entries tied at its threshold and not others spends its
         # ties budget in flat order: those models are trimmed first, chunk after chunk; then
         # every chunk is independent and the rest runs on the merge's threads.
+        # A cut over more than this tensor (global, or slabs) usually leaves it all its ties or
+        # none: split off its share, and its trim needs no order.
+        shared = info.state is not None or info.tensor_state is not None
         unordered = list(cuts)
         for i, cut in enumerate(cuts):
             if cut is not None and cut.ordered(base.dtype):
-                for part in chunks(out.numel()):
-                    cut.trim_(deltas[i][part])
-                unordered[i] = None
+                unordered[i] = cut.split_off(deltas[i]) if shared else None
+                if unordered[i] is None:  # it holds the last tie kept: trim in flat order
+                    for part in chunks(out.numel()):
+                        cut.trim_(deltas[i][part])
 
         def merge_chunk(part: slice) -> None:
             parts = [d[part] for d in deltas]
@@ -243,15 +247,23 @@ def _cuts(scan: Scan, model_params: Sequence[TiesModelParams] | None) -> list[Ma
         if not selections:
             densities = [mp.density for mp in (model_params or item.model_params)]
             # one tensor's slabs share a distribution: the first predicts the cut-off (and round
-            # 1 keeps what lies near it); a whole task vector's tensors do not
-            selections = [MagnitudeSelection(top_fraction=d if model_params else None,
-                                             streamed=True) for d in densities]
+            # 1 keeps what lies near it); a whole task vector's tensors do not (`mixed`: the
+            # prediction follows what was counted so far)
+            per_tensor = model_params is not None
+            total = None if item.left is None else item.tensors[0].numel() + item.left
+            selections = [MagnitudeSelection(top_fraction=d, streamed=per_tensor,
+                                             mixed=not per_tensor, total=total)
+                          for d in densities]
         for selection, tensor in zip(selections, item.tensors):
             selection.add_task_vector(tensor, item.base)
     ks = [_keep_count(d, s.count) for d, s in zip(densities, selections)]
     again = [i for i, k in enumerate(ks) if k and selections[i].choose(k)]
-    if again:
-        for item in scan():
+    if again:  # the second round, over the first `rescan` items where that is all it needs
+        wanted = [selections[i].rescan for i in again]
+        items = None if None in wanted else max(wanted)
+        for n, item in enumerate(scan()):
+            if n == items:
+                break
             for i in again:
                 selections[i].add(item.tensors[i].sub_(item.base))
     return [None if k is None else MagnitudeCut.keep(s, k) if k else MagnitudeCut.nothing()

@@ -82,6 +82,7 @@ class ScanItem:
     tensors: Sequence[Any]  # torch.Tensor, one per model, already in the compute dtype
     base: Any  # torch.Tensor or None
     model_params: Sequence[Params]
+    left: int | None = None  # entries per model the scan yields after this item (None: unknown)
 
 
 Scan = Callable[[], Iterator[ScanItem]]

@@ -11,6 +11,7 @@ when complete, so a failure leaves nothing behind.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -239,10 +240,12 @@ def _scan(plan: Plan, units: list[Slab], io: SlabIO, state, then: Slab | None = 
     read after the last one is `then` (default: the first unit, which comes next)."""
     mergeable = [u for u in units if not u.plan.copy]
     after = then or (mergeable[0] if mergeable else None)
+    left = sum(math.prod(u.shape) for u in mergeable)
     for i, slab in enumerate(mergeable):
         following = mergeable[i + 1:i + 1 + LOOKAHEAD]
         tensors, base = io.get(slab, following or ([after] if after is not None else []))
-        yield ScanItem(slab.info(state), tensors, base, slab.plan.model_params)
+        left -= math.prod(slab.shape)
+        yield ScanItem(slab.info(state), tensors, base, slab.plan.model_params, left)
 
 
 def _write_side_files(plan: Plan, folder: Path, seconds: float, task_heads=None,

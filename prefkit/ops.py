@@ -67,6 +67,8 @@ HISTOGRAM_PART = 1 << 21  # entries counted per task by the fused histograms at 
 PREDICT_MIN = 1 << 18  # a piece this large predicts the cut-off (round 1 keeps what is near)
 WINDOW_BINS = 9  # high bins kept around the predicted one: ±4, about ±3% of its value
 STREAMED_WINDOW_BINS = 3  # the same, around the first piece's exact bin (`streamed`)
+MIXED_ROOM = 2  # `mixed`: a piece unlike the others may put up to half its values in the window
+MIXED_FLUSH = 1 << 20  # `mixed`: kept patterns are counted into the window's bins this often
 
 
 def histogram_part(n: int) -> int:
@@ -172,13 +174,31 @@ class MagnitudeSelection:
     of one distribution, e.g. the slabs of an embedding, whose kept patterns live until the
     last piece): the first piece's own k-th largest, counted exactly (one more pass over that
     piece alone), predicts so well that `STREAMED_WINDOW_BINS` bins suffice and little is kept.
+
+    `mixed` (the tensors of a whole task vector: pieces of different distributions, too many to
+    keep near a cut-off): the window follows a running prediction, and what lands in it is
+    counted at once into 2^16 low counts per window bin (512 KiB each), noting the piece each
+    bin's counts start at. The prediction is the first large piece's sample at first, then the
+    cut-off of everything counted so far plus, with `total` (the values all pieces will bring),
+    the rest expected to look like the latest PREDICT_MIN values (a task vector's layers are
+    alike; its first tensors, heads and embeddings, often are not). When the k-th largest lies
+    in a bin counted from the first piece, no second round is needed; counted from a later
+    piece, the second round needs only the pieces before it (`rescan`).
     """
 
     SMALL = 1 << 16
 
-    def __init__(self, top_fraction: float | None = None, *, streamed: bool = False) -> None:
+    def __init__(self, top_fraction: float | None = None, *, streamed: bool = False,
+                 mixed: bool = False, total: int | None = None) -> None:
         self.count = 0  # values seen in round 1
-        self.top_fraction, self.streamed = top_fraction, streamed
+        self.top_fraction, self.streamed, self.total = top_fraction, streamed, total
+        # `mixed`: high counts of the pieces since the last prediction, and how many values
+        self._fresh: tuple[torch.Tensor | None, int] = (None, 0)
+        self.rescan: int | None = None  # after choose(): round 2 needs only this many first pieces
+        self._pieces = 0  # pieces added in this round
+        # `mixed`: window bin -> [the piece its counts start at, its 2^16 low counts or None]
+        self._lows: dict[int, list] | None = {} if mixed and top_fraction is not None else None
+        self._early: torch.Tensor | None = None  # `mixed`: the patterns `_kept` held
         self._kept: list[torch.Tensor] | None = []  # bit patterns while count <= SMALL
         self._high: torch.Tensor | None = None
         self._low: torch.Tensor | None = None
@@ -204,6 +224,7 @@ class MagnitudeSelection:
 
     def _add(self, flat: torch.Tensor, base: torch.Tensor | None) -> None:
         """`add`; `base` (round 1 with the kernels only): subtract it from `flat` first."""
+        self._pieces += 1
         if self._bin is None and self._found is None:  # round 1
             self.count += flat.numel()
             if self._kept is not None and self.count <= self.SMALL:
@@ -211,14 +232,17 @@ class MagnitudeSelection:
                 return
             self._count_kept()
             fused = kernels(flat)
+            if fused is not None and self._lows is not None:
+                self._count_mixed(fused, flat, base)
+                return
             if fused is not None:
                 self._count_fused(fused, flat, base)
                 return
-            self._near = None
+            self._near = self._lows = None
             for counts in map_chunks(lambda p: high_histogram(self._bits(flat[p]), consume=True),
                                      flat.numel()):
                 self._high = _add(self._high, counts)
-        elif self._round_two:
+        elif self._round_two and (self.rescan is None or self._pieces <= self.rescan):
             high_bin = self._bin[0]
             fused = kernels(flat)
             if fused is not None:
@@ -248,13 +272,70 @@ class MagnitudeSelection:
         else:
             self._near = None
 
+    def _count_mixed(self, fused, flat: torch.Tensor, base: torch.Tensor | None) -> None:
+        piece = self._pieces - 1
+        window = self._follow(flat, base)
+        if window != self._window:
+            self._flush()
+            first = self._window == (0, 0)
+            self._window = window
+            since = 0 if first else piece  # the first window also counts what `_kept` held
+            self._lows = {b: self._lows.get(b, [since, None]) for b in range(*_bins_of(window))}
+            if first and self._early is not None:
+                lo, hi = window
+                self._near = [self._early[(self._early >= lo) & (self._early < hi)]]
+            self._early = None
+        counts, near = self._scan(fused, flat, base, self._window, MIXED_ROOM)
+        fresh, values = self._fresh
+        self._fresh = (counts.clone() if fresh is None else fresh.add_(counts)), values + flat.numel()
+        self._high = _add(self._high, counts)
+        if near is None:  # too many to keep: the window's counts start after this piece
+            self._near = []
+            self._lows = {b: [piece + 1, None] for b in self._lows}
+            return
+        self._near.extend(near)
+        if sum(n.numel() for n in self._near) >= MIXED_FLUSH:
+            self._flush()
+
+    def _follow(self, flat: torch.Tensor, base: torch.Tensor | None) -> tuple[int, int]:
+        """`mixed`: the window for this piece. The first one around the sample's prediction;
+        once PREDICT_MIN values are counted, moved (only) when the predicted cut-off comes within
+        a bin of its edge."""
+        counted = self.count - flat.numel()
+        if self._window == (0, 0):
+            return self._predict(flat, base)
+        fresh, latest = self._fresh
+        if counted < PREDICT_MIN or latest < PREDICT_MIN:  # predict again after this many
+            return self._window
+        self._fresh = (None, 0)
+        expected, values = self._high, counted
+        if self.total is not None and self.total > counted:  # the rest, like the latest pieces
+            expected = fresh.double().mul_((self.total - counted) / latest).add_(self._high)
+            values = self.total
+        centre = bin_of_kth_largest(expected, max(1, round(self.top_fraction * values)))[0]
+        lo, hi = _bins_of(self._window)
+        return self._window if lo < centre < hi - 1 else _bins_around(centre, WINDOW_BINS)
+
+    def _flush(self) -> None:
+        """`mixed`: count the kept patterns into their window bins' low counts."""
+        if not self._near:
+            return
+        lo, hi = _bins_of(self._window)
+        kept = torch.cat(self._near).sub_(lo << 16)
+        self._near = []
+        counts = torch.bincount(kept, minlength=(hi - lo) << 16).view(hi - lo, 1 << 16)
+        for b in range(lo, hi):
+            entry = self._lows[b]
+            entry[1] = counts[b - lo].clone() if entry[1] is None else entry[1].add_(counts[b - lo])
+
     @staticmethod
-    def _scan(fused, flat: torch.Tensor, base: torch.Tensor | None, window: tuple[int, int]
-              ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    def _scan(fused, flat: torch.Tensor, base: torch.Tensor | None, window: tuple[int, int],
+              room: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """The fused round-1 pass over the merge's threads: high counts, and the patterns in
-        `window` (None: more than the kept room lay there)."""
+        `window` (None: more than 1/`room` of the values lay there)."""
         parts = map_chunks(
-            lambda p: fused.high_counts(flat[p], None if base is None else base[p], window),
+            lambda p: fused.high_counts(flat[p], None if base is None else base[p], window,
+                                        room or fused.KEPT_ROOM),
             flat.numel(), histogram_part(flat.numel()))
         nears = [near for _, near in parts]
         counts = sum((c for c, _ in parts[1:]), parts[0][0])
@@ -278,6 +359,8 @@ class MagnitudeSelection:
         return _bins_around(predicted, WINDOW_BINS)
 
     def _count_kept(self) -> None:
+        if self._kept and self._lows is not None:
+            self._early = torch.cat(self._kept)  # `mixed`: counted into the first window too
         for bits in self._kept or ():
             self._high = _add(self._high, high_histogram(bits, consume=True))
         self._kept = None
@@ -301,6 +384,14 @@ class MagnitudeSelection:
             self._found = (bits_to_float(pattern), greater, equal)
             return False
         self._bin = bin_of_kth_largest(self._high, k)
+        if self._lows is not None:  # `mixed`
+            self._flush()
+            since, self._low = self._lows.get(self._bin[0], (None, None))
+            self._lows = self._early = self._near = None
+            if since == 0:
+                return False
+            self._round_two, self._pieces, self.rescan = True, 0, since
+            return True
         near, self._near = self._near, None
         lo, hi = self._window
         if near is not None and lo <= self._bin[0] << 16 < hi:  # round 1 kept its patterns
@@ -320,6 +411,11 @@ class MagnitudeSelection:
             low_bits, greater = bin_of_kth_largest(low, self._k, above)
             self._found = (bits_to_float((high_bin << 16) | low_bits), greater, int(low[low_bits]))
         return self._found
+
+
+def _bins_of(window: tuple[int, int]) -> tuple[int, int]:
+    """The high bins [lo, hi) of a window of patterns."""
+    return window[0] >> 16, window[1] >> 16
 
 
 def _bins_around(centre: int, bins: int) -> tuple[int, int]:
@@ -470,6 +566,20 @@ class MagnitudeCut:
     def copy(self) -> MagnitudeCut:
         return MagnitudeCut(self.threshold, self.ties, self.equal)
 
+    def split_off(self, delta: torch.Tensor) -> MagnitudeCut | None:
+        """For an `ordered` cut and the next whole tensor (float32): when the tensor holds no
+        more of the equal entries than the ties still left (all but one tensor, usually), spend
+        them and return this tensor's own cut, which keeps all of them and needs no order;
+        else None (trim it piece by piece in flat order). One counting pass over the merge's
+        threads instead of a serial one."""
+        if delta.dtype != torch.float32:
+            return None
+        here = count_equal(delta, self.threshold)
+        if here > self.ties:
+            return None
+        self.ties, self.equal = self.ties - here, self.equal - here
+        return MagnitudeCut(self.threshold, here, here)
+
     def trim_(self, delta: torch.Tensor) -> torch.Tensor:
         """Zero the entries of `delta` (the next piece, in place) that the cut drops."""
         # float64 entries are cut by their float32 magnitudes (as selected): only the mask does
@@ -495,6 +605,19 @@ class MagnitudeCut:
 
 def _count_equal(delta: torch.Tensor, threshold: float) -> int:
     return int((flat_magnitudes(delta).float() == threshold).sum())
+
+
+def count_equal(delta: torch.Tensor, threshold: float) -> int:
+    """How many |δ| (float32) equal `threshold`, counted on the merge's threads (with the fused
+    kernels: the low counts of the threshold's high bin)."""
+    flat = delta.reshape(-1)
+    fused = kernels(flat)
+    if fused is None:
+        return sum(map_chunks(lambda p: _count_equal(flat[p], threshold), flat.numel()))
+    pattern = float_bits(threshold)
+    parts = map_chunks(lambda p: fused.low_counts(flat[p], pattern >> 16), flat.numel(),
+                       histogram_part(flat.numel()))
+    return sum(int(counts[pattern & 0xFFFF]) for counts in parts)
 
 
 def float_bits(value: float) -> int:

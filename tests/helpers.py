@@ -31,3 +31,19 @@ def merge(folder: Path, text: str, registry, *, output: str = "out", **kw) -> di
     plan = resolve(load_recipe(recipe), registry, folder / output)
     execute(plan, force=True, **kw)
     return load_tensors(folder / output)
+
+
+def quantized_zoo(src: Path, dst: Path) -> Path:
+    """The zoo with every value rounded to a multiple of 1/64: task vectors then take a handful of
+    values, so many entries tie at the TIES cut-off and only some of them are kept."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    for file in dst.rglob("*.safetensors"):
+        tensors = load_file(str(file))
+        save_file({n: torch.round(t * 64) / 64 if t.is_floating_point() else t
+                   for n, t in tensors.items()}, str(file))
+    return dst

@@ -225,3 +225,96 @@ def test_without_the_extension_merges_take_the_eager_path(monkeypatch):
     monkeypatch.delitem(sys.modules, "prefkit.kernels")
     with pytest.raises(ImportError, match="not built"):
         importlib.import_module("prefkit.kernels")
+
+
+def _sorted_cut(pieces, k):
+    mag = torch.cat([p.reshape(-1) for p in pieces]).abs()
+    threshold = float(torch.sort(mag, descending=True).values[k - 1])
+    return threshold, int((mag > threshold).sum()), int((mag == threshold).sum())
+
+
+def _mixed_selection(taus, bases, *, total):
+    """A whole task vector's pieces through a `mixed` selection (round 2 over the first `rescan`
+    pieces only, as `plugins/ties.py` does): the result, and `rescan` (-1: no second round)."""
+    n = sum(t.numel() for t in taus)
+    k = int(0.2 * n)
+    selection = ops.MagnitudeSelection(top_fraction=0.2, mixed=True, total=total)
+    for tau, base in zip(taus, bases):
+        selection.add_task_vector(tau + base, base)
+    if not selection.choose(k):
+        return selection.result(), -1
+    for tau in taus[:selection.rescan]:
+        selection.add(tau.clone())
+    return selection.result(), selection.rescan
+
+
+def _task_vectors(g, sizes, scales):
+    """Bases and task vectors τ such that (τ + base) − base is τ (as the selection forms it)."""
+    bases = [torch.randn(s, generator=g) for s in sizes]
+    taus = [(torch.randn(s, generator=g) * c + b) - b for s, c, b in zip(sizes, scales, bases)]
+    return taus, bases
+
+
+def _loud_head_first(seed):
+    """A loud head first, then tensors of another spread with tiny ones between them."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = [768, 1 << 17, 768] + [1 << 18, 768, 768] * 12
+    return _task_vectors(g, sizes, [1e-1, 1e-1, 1e-3] + [1e-3] * 36)
+
+
+def test_mixed_pieces_are_exact_and_mostly_one_round(monkeypatch):
+    """The pieces of a whole task vector (`mixed`): the window follows the predicted cut-off, so
+    the second round needs only the first few pieces; with no `total` (the prediction is then
+    the cut-off of what was counted so far, which the head leads astray for longer) more; on
+    the eager path all of them. Every answer equals a sort."""
+    monkeypatch.delenv("PREFKIT_KERNELS", raising=False)
+    taus, bases = _loud_head_first(7)
+    total = sum(t.numel() for t in taus)
+    want = _sorted_cut(taus, int(0.2 * total))
+
+    found, rescan = _mixed_selection(taus, bases, total=total)
+    assert found == want and 0 <= rescan < 8 < len(taus)
+    found, rescan_without_total = _mixed_selection(taus, bases, total=None)
+    assert found == want and rescan_without_total > 3 * rescan
+    monkeypatch.setenv("PREFKIT_KERNELS", "torch")
+    found, rescan = _mixed_selection(taus, bases, total=total)
+    assert found == want and rescan is None
+
+
+def test_mixed_pieces_that_move_the_cut_off_late_stay_exact(monkeypatch):
+    """A last piece that moves the cut-off far from where the others had it: the window never
+    held its bin, and the second round runs over every piece. A caller that re-adds every piece
+    (not only the first `rescan`) gets the same answer: the rest is ignored."""
+    monkeypatch.delenv("PREFKIT_KERNELS", raising=False)
+    g = torch.Generator().manual_seed(8)
+    sizes = [1 << 18] * 6 + [1 << 20]
+    taus, bases = _task_vectors(g, sizes, [1e-3] * 6 + [1.0])
+    k = int(0.2 * sum(sizes))
+    found, rescan = _mixed_selection(taus, bases, total=sum(sizes) // 2)  # a wrong total, too
+    assert found == _sorted_cut(taus, k) and rescan is None
+
+    taus, bases = _loud_head_first(9)
+    total = sum(t.numel() for t in taus)
+    selection = ops.MagnitudeSelection(top_fraction=0.2, mixed=True, total=total)
+    for tau, base in zip(taus, bases):
+        selection.add_task_vector(tau + base, base)
+    assert selection.choose(int(0.2 * total)) and 0 < selection.rescan < len(taus)
+    for tau in taus:
+        selection.add(tau.clone())
+    assert selection.result() == _sorted_cut(taus, int(0.2 * total))
+
+
+def test_a_piece_crowding_the_window_restarts_its_counts(monkeypatch):
+    """A piece that puts more than half its values in the window (they are not all kept): the
+    window's counts start again after it, and the second round covers it. Exact all the same."""
+    monkeypatch.delenv("PREFKIT_KERNELS", raising=False)
+    g = torch.Generator().manual_seed(10)
+    first = torch.randn(1 << 18, generator=g) * 1e-3
+    near_cut = float(torch.quantile(first.abs()[:1 << 16], 0.8))
+    crowd = near_cut * (1 + 1e-3 * torch.randn(1 << 18, generator=g)) * torch.randn(
+        1 << 18, generator=g).sign()
+    rest = torch.randn(1 << 18, generator=g) * 1e-3
+    bases = [torch.randn(1 << 18, generator=g) for _ in range(3)]
+    taus = [(t + b) - b for t, b in zip((first, crowd, rest), bases)]
+    found, rescan = _mixed_selection(taus, bases, total=3 << 18)
+    assert found == _sorted_cut(taus, int(0.2 * (3 << 18))) and rescan == 2

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import prefkit.executor as executor
 from prefkit.plan import resolve
 from prefkit.recipe import load_recipe
 from prefkit.slabs import Slab, slabs_of
-from tests.helpers import write_recipe
+from tests.helpers import quantized_zoo, write_recipe
 
 RECIPE = """\
 merge_method: {method}
@@ -74,17 +73,6 @@ def _digests(folder) -> dict[str, str]:
             for f in sorted(folder.glob("*.safetensors"))}
 
 
-def _quantized_zoo(src, dst):
-    """The zoo with every value rounded to a multiple of 1/64: task vectors then take a handful of
-    values, so many entries tie at the TIES cut-off and only some of them are kept."""
-    shutil.copytree(src, dst)
-    for file in dst.rglob("*.safetensors"):
-        tensors = load_file(str(file))
-        save_file({n: torch.round(t * 64) / 64 if t.is_floating_point() else t
-                   for n, t in tensors.items()}, str(file))
-    return dst
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_slabs_equal_whole_tensors(case, workdir, registry, monkeypatch):
     whole = _run(workdir, _recipe(case), registry, "whole", max_shard_bytes=10_000)
@@ -110,7 +98,7 @@ def test_reading_ahead_mixed_slab_sizes(case, workdir, registry, monkeypatch):
 
 @pytest.mark.parametrize("case", ["ties", "ties_global", "ties_rescale", "ties_count_nonorm"])
 def test_ties_at_the_cutoff_across_slabs(case, workdir, registry, monkeypatch, _zoo_cache):
-    _quantized_zoo(_zoo_cache / "zoo", workdir / "qzoo")
+    quantized_zoo(_zoo_cache / "zoo", workdir / "qzoo")
     whole = _run(workdir, _recipe(case, "qzoo"), registry, "whole")
     slabbed = _run(workdir, _recipe(case, "qzoo"), registry, "slabs", budget=1,
                    monkeypatch=monkeypatch)
@@ -122,7 +110,7 @@ def test_quantized_zoo_really_ties_at_the_cutoff(workdir, _zoo_cache):
     share the k-th largest magnitude, and only some of them may be kept."""
     from prefkit.ops import kth_largest_magnitude
 
-    zoo = _quantized_zoo(_zoo_cache / "zoo", workdir / "qzoo")
+    zoo = quantized_zoo(_zoo_cache / "zoo", workdir / "qzoo")
     name = "roberta.encoder.layer.0.intermediate.dense.weight"
     base, tuned = (next(load_file(str(f))[name] for f in (zoo / m).glob("*.safetensors")
                         if name in load_file(str(f))) for m in ("base", "imdb"))

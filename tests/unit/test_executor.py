@@ -12,7 +12,7 @@ from prefkit.errors import CheckpointError, MergeError, PrefkitError
 from prefkit.executor import execute
 from prefkit.plan import resolve
 from prefkit.recipe import load_recipe
-from tests.helpers import load_tensors, merge, write_recipe
+from tests.helpers import load_tensors, merge, quantized_zoo, write_recipe
 
 REF = """\
 merge_method: {method}
@@ -78,8 +78,15 @@ def test_same_recipe_same_bytes(workdir, registry):
     assert digest("a") == digest("b")
 
 
-def test_global_trim_keeps_top_k_of_whole_task_vector(workdir, registry):
+@pytest.mark.parametrize("quantized", [False, True])
+def test_global_trim_keeps_top_k_of_whole_task_vector(quantized, workdir, registry, _zoo_cache):
+    """Against a stable sort of each whole task vector. Quantized, many entries in several
+    tensors tie at each model's cut-off and only the first ones (in tensor order) are kept: the
+    tensors before the one holding the last kept tie keep all theirs, those after it none."""
     density = 0.1
+    if quantized:
+        (workdir / "zoo").unlink()
+        quantized_zoo(_zoo_cache / "zoo", workdir / "zoo")
     out = merge(workdir, REF.format(
         method="ties", params=f"{{weight: 1, density: {density}, trim: global, lambda: 1.0}}"),
         registry)
@@ -88,7 +95,8 @@ def test_global_trim_keeps_top_k_of_whole_task_vector(workdir, registry):
     names = sorted(out)
     # Reference: trim each model's concatenated task vector with a full sort, then TIES per tensor.
     width = {n: out[n].shape for n in names}
-    kept = {}
+    kept, ties_in = {}, {}
+    sizes = [out[n].numel() for n in names]
     for m in models:
         parts = []
         for n in names:
@@ -103,6 +111,10 @@ def test_global_trim_keeps_top_k_of_whole_task_vector(workdir, registry):
         keep[torch.sort(flat.abs(), descending=True, stable=True).indices[:k]] = True
         kept[m] = keep
         assert int(keep.sum()) == k
+        threshold = torch.sort(flat.abs(), descending=True).values[k - 1]
+        tied = flat.abs() == threshold
+        split = bool(keep[tied].any()) and not bool(keep[tied].all())
+        ties_in[m] = (split, sum(bool(t.any()) for t in torch.split(tied, sizes)))
     offset = 0
     for n in names:
         size = out[n].numel()
@@ -121,6 +133,8 @@ def test_global_trim_keeps_top_k_of_whole_task_vector(workdir, registry):
         base = z["base"].get(n)
         base = base.flatten() if base is not None and base.shape == out[n].shape else 0
         torch.testing.assert_close(out[n].flatten(), base + merged, atol=1e-6, rtol=0)
+    # quantized: some model's cut keeps some of its ties, which lie in three tensors or more
+    assert any(split and spread >= 3 for split, spread in ties_in.values()) == quantized
 
 
 def test_missing_tensor_is_named(copy_zoo, workdir, registry):
