@@ -14,6 +14,9 @@ https://arxiv.org/abs/2306.01708.
 Global trimming streams: a pre-pass histograms the float32 bit patterns of |τ_i| (monotonic for
 non-negative floats) in two rounds, 2^15 high-bit bins then 2^16 low-bit bins inside the bin that
 holds the k-th largest entry, which gives each model's exact threshold without holding a model.
+The first round also counts the low bits of a few bins around a running prediction of that bin
+(`MagnitudeSelection`'s `mixed` mode), so the second round is needed only when the prediction
+missed, and then only over the tensors that came before it settled.
 """
 
 from __future__ import annotations

@@ -137,7 +137,9 @@ class TensorMethod(Method):
         `scan()` re-reads the inputs and yields one `ScanItem` per tensor, in plan order; nothing
         is kept in memory unless the method keeps it. Whatever this returns reaches `merge` as
         `info.state`. The default needs no pre-pass. For an `elementwise` method the scan yields
-        a large tensor as several slabs of rows, in order (`info.rows` says which).
+        a large tensor as several slabs of rows, in order (`info.rows` says which). Each item's
+        `left` counts the entries still to come after it, so a pass can plan for the whole; a
+        pass that needs only the first items may stop iterating early.
         """
         return None
 

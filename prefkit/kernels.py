@@ -42,14 +42,13 @@ KEPT_ROOM = 8  # at most 1/KEPT_ROOM of the values are kept near the predicted c
 
 
 def high_counts(values: torch.Tensor, base: torch.Tensor | None = None,
-                window: tuple[int, int] = (0, 0), room: int = KEPT_ROOM
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                window: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Round 1 of the exact selection over |values| (float32, flat, contiguous, CPU): counts of
     the 2^15 high-bit bins of their bit patterns (as `ops.high_histogram` counts them), and the
-    patterns in `window` = [lo, hi) (None when more than 1/`room` of the values lay there).
+    patterns in `window` = [lo, hi) (None when more than 1/KEPT_ROOM of the values lay there).
     With `base`, `values -= base` first, in place, in the same pass."""
     lo, hi = window
-    room = values.numel() // room if hi > lo else 0
+    room = values.numel() // KEPT_ROOM if hi > lo else 0
     counts = torch.zeros(1 << 15, dtype=torch.int64)
     kept = torch.empty(room + 1, dtype=torch.int32)  # + 1: the sink for what does not fit
     met = _lib.prefkit_high_counts(values.data_ptr(), None if base is None else base.data_ptr(),

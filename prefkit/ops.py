@@ -67,8 +67,7 @@ HISTOGRAM_PART = 1 << 21  # entries counted per task by the fused histograms at 
 PREDICT_MIN = 1 << 18  # a piece this large predicts the cut-off (round 1 keeps what is near)
 WINDOW_BINS = 9  # high bins kept around the predicted one: ±4, about ±3% of its value
 STREAMED_WINDOW_BINS = 3  # the same, around the first piece's exact bin (`streamed`)
-MIXED_ROOM = 2  # `mixed`: a piece unlike the others may put up to half its values in the window
-MIXED_FLUSH = 1 << 20  # `mixed`: kept patterns are counted into the window's bins this often
+MIXED_FLUSH = 1 << 18  # `mixed`: kept patterns are counted into the window's bins this often
 
 
 def histogram_part(n: int) -> int:
@@ -177,7 +176,7 @@ class MagnitudeSelection:
 
     `mixed` (the tensors of a whole task vector: pieces of different distributions, too many to
     keep near a cut-off): the window follows a running prediction, and what lands in it is
-    counted at once into 2^16 low counts per window bin (512 KiB each), noting the piece each
+    counted at once into 2^16 low counts per window bin (256 KiB each), noting the piece each
     bin's counts start at. The prediction is the first large piece's sample at first, then the
     cut-off of everything counted so far plus, with `total` (the values all pieces will bring),
     the rest expected to look like the latest PREDICT_MIN values (a task vector's layers are
@@ -285,7 +284,7 @@ class MagnitudeSelection:
                 lo, hi = window
                 self._near = [self._early[(self._early >= lo) & (self._early < hi)]]
             self._early = None
-        counts, near = self._scan(fused, flat, base, self._window, MIXED_ROOM)
+        counts, near = self._scan(fused, flat, base, self._window)
         fresh, values = self._fresh
         self._fresh = (counts.clone() if fresh is None else fresh.add_(counts)), values + flat.numel()
         self._high = _add(self._high, counts)
@@ -324,18 +323,20 @@ class MagnitudeSelection:
         kept = torch.cat(self._near).sub_(lo << 16)
         self._near = []
         counts = torch.bincount(kept, minlength=(hi - lo) << 16).view(hi - lo, 1 << 16)
+        # int32 (half the memory) while no count can overflow it: fewer than 2^31 values
+        wide = self.total is None or self.total >= 1 << 31
+        counts = counts if wide else counts.to(torch.int32)
         for b in range(lo, hi):
             entry = self._lows[b]
             entry[1] = counts[b - lo].clone() if entry[1] is None else entry[1].add_(counts[b - lo])
 
     @staticmethod
-    def _scan(fused, flat: torch.Tensor, base: torch.Tensor | None, window: tuple[int, int],
-              room: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    def _scan(fused, flat: torch.Tensor, base: torch.Tensor | None, window: tuple[int, int]
+              ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """The fused round-1 pass over the merge's threads: high counts, and the patterns in
-        `window` (None: more than 1/`room` of the values lay there)."""
+        `window` (None: more than the kept room lay there)."""
         parts = map_chunks(
-            lambda p: fused.high_counts(flat[p], None if base is None else base[p], window,
-                                        room or fused.KEPT_ROOM),
+            lambda p: fused.high_counts(flat[p], None if base is None else base[p], window),
             flat.numel(), histogram_part(flat.numel()))
         nears = [near for _, near in parts]
         counts = sum((c for c, _ in parts[1:]), parts[0][0])
@@ -386,7 +387,8 @@ class MagnitudeSelection:
         self._bin = bin_of_kth_largest(self._high, k)
         if self._lows is not None:  # `mixed`
             self._flush()
-            since, self._low = self._lows.get(self._bin[0], (None, None))
+            since, low = self._lows.get(self._bin[0], (None, None))
+            self._low = None if low is None else low.long()
             self._lows = self._early = self._near = None
             if since == 0:
                 return False

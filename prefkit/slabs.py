@@ -26,6 +26,7 @@ from typing import Any
 from prefkit.api import TensorInfo
 from prefkit.errors import MergeError
 from prefkit.io.checkpoint import ITEMSIZE, TensorMeta, TensorReader
+from prefkit.memory import HeapTrimmer
 from prefkit.plan import TensorPlan
 
 # Bytes of one slab's inputs in the compute dtype. Two slabs are in flight (one merged, one
@@ -253,6 +254,7 @@ class SlabIO:
         self._in_use: set[tuple] = set()  # the sets of pending reads and of the slab returned
         self._turns = itertools.count()
         self.last_write = None  # the writer's last queued operation
+        self._heap = HeapTrimmer()  # the free pages of the buffers freed meanwhile go back
 
     def get(self, slab: Slab, then: Sequence[Slab] = ()):
         entry = self._pending.pop(id(slab), None)
@@ -260,6 +262,7 @@ class SlabIO:
             self._drop_pending()
             entry = (slab, *self._start(slab))
         _, slot, read = entry
+        self._heap.note(self._size(slab))
         value = read.result()
         self._in_use = {s for _, s, _ in self._pending.values()} | {slot}
         for following in then:
