@@ -13,17 +13,18 @@ no `malloc_trim` (not glibc), nothing is done.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 from collections.abc import Callable
 
 TRIM_EVERY = 64 << 20  # bytes of input between two trims
 
 
+@functools.cache
 def malloc_trim() -> Callable[[int], int] | None:
     """glibc's `malloc_trim`, or None where the C library has none."""
-    try:
-        function = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
-    except (OSError, AttributeError, TypeError):
+    try:  # the symbols the process already has (no search for the library: it is loaded)
+        function = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):  # not glibc; TypeError: Windows
         return None
     function.argtypes, function.restype = [ctypes.c_size_t], ctypes.c_int
     return function
