@@ -318,3 +318,25 @@ def test_a_piece_crowding_the_window_restarts_its_counts(monkeypatch):
     taus = [(t + b) - b for t, b in zip((first, crowd, rest), bases)]
     found, rescan = _mixed_selection(taus, bases, total=3 << 18)
     assert found == _sorted_cut(taus, int(0.2 * (3 << 18))) and rescan == 2
+
+
+@pytest.mark.parametrize("path", ["fused", "eager"])
+def test_split_off_gives_a_tensor_its_ties_or_none(path, monkeypatch):
+    """An ordered cut (3 of 5 entries tied at the threshold are kept) meets tensors one by one:
+    one holding 2 ties gets all of them (an order-free cut) and spends them; the next, holding
+    2 ties with 1 left, gets None (trim it in flat order)."""
+    if path == "eager":
+        monkeypatch.setenv("PREFKIT_KERNELS", "torch")
+    else:
+        monkeypatch.delenv("PREFKIT_KERNELS", raising=False)
+    t = 2.0 ** -7
+    two, more = torch.zeros(N), torch.zeros(N)
+    two[[5, N - 1]] = torch.tensor([t, -t])
+    more[[0, ops.CHUNK + 1]] = torch.tensor([-t, t])
+    more[7] = t * 1.5  # above the threshold: not a tie
+    cut = ops.MagnitudeCut(t, 3, 5)
+    assert cut.ordered(torch.float32)
+    own = cut.split_off(two)
+    assert (own.threshold, own.ties, own.equal) == (t, 2, 2) and not own.ordered(torch.float32)
+    assert (cut.ties, cut.equal) == (1, 3)
+    assert cut.split_off(more) is None and (cut.ties, cut.equal) == (1, 3)
