@@ -307,11 +307,10 @@ class MagnitudeSelection:
         if counted < PREDICT_MIN or latest < PREDICT_MIN:  # predict again after this many
             return self._window
         self._fresh = (None, 0)
-        expected, values = self._high, counted
+        expected = self._high
         if self.total is not None and self.total > counted:  # the rest, like the latest pieces
             expected = fresh.double().mul_((self.total - counted) / latest).add_(self._high)
-            values = self.total
-        centre = bin_of_kth_largest(expected, max(1, round(self.top_fraction * values)))[0]
+        centre = self._centre(expected)
         lo, hi = _bins_of(self._window)
         return self._window if lo < centre < hi - 1 else _bins_around(centre, WINDOW_BINS)
 
@@ -342,12 +341,14 @@ class MagnitudeSelection:
         counts = sum((c for c, _ in parts[1:]), parts[0][0])
         return counts, (None if any(n is None for n in nears) else nears)
 
+    def _centre(self, counts: torch.Tensor) -> int:
+        """The high bin that holds the top `top_fraction` of the values `counts` counted."""
+        total = round(float(counts.sum()))
+        return bin_of_kth_largest(counts, min(total, max(1, round(self.top_fraction * total))))[0]
+
     def _around(self, counts: torch.Tensor, bins: int) -> tuple[int, int]:
-        """The patterns [lo, hi) of `bins` high bins centred on the bin that holds the top
-        `top_fraction` of the values `counts` counted."""
-        total = int(counts.sum())
-        centre = bin_of_kth_largest(counts, min(total, max(1, round(self.top_fraction * total))))[0]
-        return _bins_around(centre, bins)
+        """The patterns [lo, hi) of `bins` high bins centred on `_centre(counts)`."""
+        return _bins_around(self._centre(counts), bins)
 
     def _predict(self, flat: torch.Tensor, base: torch.Tensor | None) -> tuple[int, int]:
         """The patterns [lo, hi) of `WINDOW_BINS` high bins around the bin where a strided sample
