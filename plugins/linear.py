@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-if TYPE_CHECKING:  # torch is imported inside the functions: the CLI starts without it
+if TYPE_CHECKING:  # `merge` takes torch tensors or numpy arrays alike (`takes_numpy`)
     import torch
 
 from prefkit.api import Params, TensorInfo, TensorMethod, WeightParams, hookimpl
-from prefkit.ops import map_chunks
+from prefkit.ops import accumulator, add_product_, fused_multiply_add, map_chunks, weight_sum
 
 
 class LinearParams(Params):
@@ -38,6 +38,12 @@ class LinearMethod(TensorMethod):
     Params = LinearParams
     ModelParams = WeightParams
 
+    @property
+    def takes_numpy(self) -> bool:
+        """On the CPU the merge runs on numpy arrays, and torch is not imported, when the C
+        extension gives numpy the fused multiply-add of torch's (and mergekit's) addcmul_."""
+        return fused_multiply_add() is not None
+
     def merge(
         self,
         tensors: Sequence[torch.Tensor],
@@ -47,24 +53,21 @@ class LinearMethod(TensorMethod):
         model_params: Sequence[WeightParams],
         info: TensorInfo,
     ) -> torch.Tensor:
-        import torch
-
-        first = tensors[0]
-        dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
-        weights = torch.tensor([p.weight for p in model_params], dtype=dtype)
         flats = [t.reshape(-1) for t in tensors]
+        weights = [p.weight for p in model_params]
         out = flats[0]  # owned input buffer: the result is written over it, chunk by chunk
+        divisor = weight_sum(weights, accumulator(out[:0])) if params.normalize else None
 
         def merge_chunk(part: slice) -> None:
-            result = torch.zeros(part.stop - part.start, dtype=dtype, device=out.device)
+            result = accumulator(out[part])  # float32 (float64 for float64 inputs)
             for tensor, weight in zip(flats, weights):
-                result.addcmul_(tensor[part], weight)
-            if params.normalize:
-                result.div_(weights.sum())
+                add_product_(result, tensor[part], weight)
+            if divisor is not None:
+                result /= divisor
             out[part] = result
 
-        map_chunks(merge_chunk, out.numel())
-        return out.reshape(first.shape)
+        map_chunks(merge_chunk, out.shape[0])
+        return out.reshape(tensors[0].shape)
 
 
 @hookimpl

@@ -14,11 +14,19 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-if TYPE_CHECKING:  # torch is imported inside the functions: the CLI starts without it
+if TYPE_CHECKING:  # `merge` takes torch tensors or numpy arrays alike (`takes_numpy`)
     import torch
 
 from prefkit.api import Params, TensorInfo, TensorMethod, WeightParams, hookimpl
-from prefkit.ops import accumulator, map_chunks, scale_, task_vectors_
+from prefkit.ops import (
+    accumulator,
+    cast_like,
+    map_chunks,
+    mul_scalar_,
+    scale_,
+    task_vectors_,
+    weight_sum,
+)
 
 
 class TaskArithmeticParams(Params):
@@ -36,6 +44,8 @@ class TaskArithmeticMethod(TensorMethod):
     Params = TaskArithmeticParams
     ModelParams = WeightParams
 
+    takes_numpy = True  # on the CPU the merge runs on numpy arrays, and torch is not imported
+
     def merge(
         self,
         tensors: Sequence[torch.Tensor],
@@ -45,29 +55,28 @@ class TaskArithmeticMethod(TensorMethod):
         model_params: Sequence[WeightParams],
         info: TensorInfo,
     ) -> torch.Tensor:
-        import torch
-
         # task vectors in place in the owned inputs, chunk by chunk, summed into the first buffer
         deltas = [t.reshape(-1) for t in tensors]
         weights = [p.weight for p in model_params]
-        divisor = torch.tensor(weights, dtype=base.dtype).sum() if params.normalize else None
-        if divisor is not None and divisor.abs() < 1e-8:
-            divisor = None
         flat_base, out = base.reshape(-1), deltas[0]
+        divisor = weight_sum(weights, flat_base) if params.normalize else None
+        if divisor is not None and abs(float(divisor)) < 1e-8:
+            divisor = None
 
         def merge_chunk(part: slice) -> None:
             mixed = accumulator(flat_base[part])
             vectors = task_vectors_([d[part] for d in deltas], flat_base[part])
             for delta, weight in zip(vectors, weights):
-                mixed.add_(scale_(delta, weight))
-            mixed = mixed.to(base.dtype)
+                mixed += scale_(delta, weight)
+            mixed = cast_like(mixed, flat_base)
             if divisor is not None:
                 mixed /= divisor
             if params.lambda_ != 1:
-                mixed *= params.lambda_
-            out[part] = mixed.add_(flat_base[part])
+                mul_scalar_(mixed, params.lambda_)
+            mixed += flat_base[part]
+            out[part] = mixed
 
-        map_chunks(merge_chunk, out.numel())
+        map_chunks(merge_chunk, out.shape[0])
         return out.reshape(base.shape)
 
 

@@ -6,6 +6,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -173,6 +174,30 @@ PREFKIT_API int prefkit_ties_merge(const float *const *deltas, int models, int64
     }
     free(trimmed);
     return 0;
+}
+
+/* Linear merging's acc += x * w as torch's addcmul_ computes it: fused, one rounding (mergekit's
+ * linear uses addcmul_, so its outputs are these bits). fmaf/fma are exact wherever they run;
+ * on x86-64 a clone built for FMA hardware is chosen at load time, so the loop vectorises. */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define PREFKIT_FMA_CLONES __attribute__((target_clones("fma", "default")))
+#else
+#define PREFKIT_FMA_CLONES
+#endif
+
+PREFKIT_FMA_CLONES
+PREFKIT_API void prefkit_fma_f32(float *restrict acc, const float *restrict x, float w, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        acc[i] = fmaf(x[i], w, acc[i]);
+}
+
+PREFKIT_FMA_CLONES
+PREFKIT_API void prefkit_fma_f64(double *restrict acc, const double *restrict x, double w,
+                                 int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        acc[i] = fma(x[i], w, acc[i]);
 }
 
 /* A Python module too, so that setuptools builds and names it like any extension; prefkit

@@ -117,6 +117,8 @@ class TensorMethod(Method):
         ModelParams: parameters with a value per model (per-model `parameters:` or top level).
         param_aliases: accepted alternative parameter names, mapped to the canonical ones.
         elementwise: opt in to slab merging (see below); False: `merge` always gets whole tensors.
+        takes_numpy: `merge` also takes numpy arrays, and returns the same bits for them as for
+            torch tensors (see below).
 
     Slabs (constant memory): when `elementwise` is True, the executor may cut a tensor whose
     inputs outgrow its memory budget (e.g. a 50265×768 embedding) into slabs of consecutive rows
@@ -126,10 +128,18 @@ class TensorMethod(Method):
     per-tensor top-k) computes it in `prepare_tensor`, which is called before the first slab.
     Buffers are then reused: slab tensors (and `prepare`'s scan items) are valid only until
     the call returns (or the next item is requested).
+
+    numpy (no torch import): importing torch takes 1-2.5 s, more than a linear merge of a
+    roberta-base set. When `takes_numpy` is True and the merge runs on the CPU from safetensors
+    inputs, the executor passes numpy arrays (float16/32/64; bfloat16 inputs arrive converted to
+    a float32 compute dtype, and a bfloat16 compute dtype keeps torch) and never imports torch.
+    `prefkit.ops`' helpers up to `weight_sum` work on either, with the same bits; a method that
+    does its own arithmetic must follow torch's scalar rules (`ops.mul_scalar_`).
     """
 
     kind: ClassVar[str] = "tensor"
     elementwise: ClassVar[bool] = False
+    takes_numpy: ClassVar[bool] = False
 
     def prepare(self, scan: Scan, params: Params) -> Any:
         """Optional pre-pass over every tensor group before the merge (e.g. global TIES trimming).

@@ -6,10 +6,15 @@ itself `elementwise` gets large tensors in slabs of rows and reused buffers (`pr
 memory stays constant as models grow. The next slab is read on a background thread while the
 current one is merged. Output goes to a temporary sibling folder that is renamed into place only
 when complete, so a failure leaves nothing behind.
+
+A method that takes numpy arrays (`TensorMethod.takes_numpy`: linear, task arithmetic) merges
+them on the CPU (`numpy_merge`), and the whole merge then runs without importing torch, which
+takes longer than such a merge itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -21,9 +26,10 @@ from pathlib import Path
 import yaml
 
 import prefkit
+from prefkit import arrays
 from prefkit.api import ScanItem, TensorInfo
 from prefkit.errors import MergeError, OutputError, PrefkitError
-from prefkit.io.checkpoint import TensorReader
+from prefkit.io.checkpoint import TensorReader, is_pickle
 from prefkit.io.hub import TOKENIZER_FILES
 from prefkit.io.outdir import (
     check_replaceable,
@@ -118,9 +124,10 @@ def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes
     uses_base = plan.base is not None and method.base == "required"
     inputs = len(plan.inputs) + uses_base
     split = weights is None and getattr(method, "elementwise", False)
+    numpy = weights is None and device == "cpu" and numpy_merge(plan)
     threads = threads or all_cores()
     loader = SlabLoader(uses_base, allow_nonfinite=allow_nonfinite, pooled=split, device=device,
-                        io_threads=min(threads, inputs))
+                        io_threads=min(threads, inputs), numpy=numpy)
     units = [s for tp in plan.tensors for s in slabs_of(tp, inputs, DEFAULT_BUDGET, split)]
     # Reading the next slab overlaps merging this one, unless the two together would outgrow
     # both two slab budgets and the largest single group (an unsplit tensor is read alone).
@@ -139,11 +146,12 @@ def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes
     total = sum(o.nbytes for o in outs)
     try:
         # elementwise methods: chunks spread over the threads; others: torch's own threads
-        with merge_threads(threads, chunked=split):
+        with merge_threads(threads, chunked=split, uses_torch=not numpy):
             if weights is None and state is None:
                 state = method.prepare(lambda: _scan(plan, units, io, None), plan.shared_params)
             reporter.start(len(outs), total, f"{method.name} → {plan.output}")
-            _merge_units(plan, units, io, writer, loader, reporter, state, weights is not None)
+            _merge_units(plan, units, io, writer, loader, reporter, state, weights is not None,
+                         numpy)
         writer.close()
     except BaseException:
         writer.abort()
@@ -155,7 +163,8 @@ def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes
 
 
 def _merge_units(plan: Plan, units: list[Slab], io: SlabIO, writer: ShardWriter,
-                 loader: SlabLoader, reporter: Reporter, state, given: bool) -> None:
+                 loader: SlabLoader, reporter: Reporter, state, given: bool,
+                 numpy: bool = False) -> None:
     """Read, merge and write every slab in order (the per-tensor pre-pass before a split one)."""
     tensor_state = None
     for i, slab in enumerate(units):
@@ -166,14 +175,31 @@ def _merge_units(plan: Plan, units: list[Slab], io: SlabIO, writer: ShardWriter,
         if tp.copy or given:
             result = tensors[0]
         else:
-            result = _merge_one(plan, slab, tensors, base, slab.info(state, tensor_state))
+            result = _merge_one(plan, slab, tensors, base, slab.info(state, tensor_state), numpy)
         written = loader.output(result, tp.out_dtype)
-        writer.write(tp.name, written)
+        writer.write(tp.name, written, tp.out_dtype if numpy else None)
         loader.hold(written, io.last_write)  # its buffer is not read into before it is written
         del tensors, base, result, written
         if slab.last:
             reporter.advance(tp.name, OutTensor(tp.name, tp.out_dtype, tp.shape).nbytes)
             tensor_state = None
+
+
+def numpy_merge(plan: Plan) -> bool:
+    """Whether the plan's merge runs on numpy arrays, without torch: the method takes them
+    (`TensorMethod.takes_numpy`), every input is a safetensors file, and every merged tensor is
+    computed in a dtype numpy has (bfloat16 is only read and written: `prefkit.arrays`)."""
+    if not getattr(plan.method.method, "takes_numpy", False):
+        return False
+    for tp in plan.tensors:
+        metas = [m for m in (*tp.sources, tp.base) if m is not None]
+        if any(is_pickle(m.file) for m in metas):
+            return False
+        if not tp.copy and not (tp.compute_dtype in arrays.COMPUTABLE
+                                and tp.out_dtype in arrays.CONVERTIBLE
+                                and all(m.dtype in arrays.CONVERTIBLE for m in metas)):
+            return False
+    return True
 
 
 def all_cores() -> int:
@@ -207,12 +233,13 @@ class _Given:
         return [value], None
 
 
-def _merge_one(plan: Plan, slab: Slab, tensors, base, info: TensorInfo):
+def _merge_one(plan: Plan, slab: Slab, tensors, base, info: TensorInfo, numpy: bool = False):
     method = plan.method.method
     tp = slab.plan
     try:
-        result = method.merge(tensors, base=base, params=tp.params, model_params=tp.model_params,
-                              info=info)
+        with arrays.quiet() if numpy else contextlib.nullcontext():  # torch warns of no overflow
+            result = method.merge(tensors, base=base, params=tp.params,
+                                  model_params=tp.model_params, info=info)
     except PrefkitError:
         raise
     except Exception as exc:

@@ -16,26 +16,12 @@ import fails, so `prefkit.ops.kernels()` falls back to the eager path).
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 
 import torch
 
-_spec = importlib.util.find_spec("prefkit._kernels")
-if _spec is None or _spec.origin is None:
-    raise ImportError("prefkit._kernels is not built (pip install needs a C compiler)")
-try:
-    _lib = ctypes.CDLL(_spec.origin)
-    _lib.prefkit_high_counts, _lib.prefkit_low_counts, _lib.prefkit_ties_merge  # noqa: B018
-except (OSError, AttributeError) as error:  # a build this module does not know how to call
-    raise ImportError(f"prefkit._kernels cannot be loaded: {error}") from error
+from prefkit.clib import load
 
-_P, _N, _F, _I = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
-_lib.prefkit_high_counts.argtypes = [_P, _P, _N, ctypes.c_uint32, ctypes.c_uint32, _P, _P, _N]
-_lib.prefkit_high_counts.restype = _N
-_lib.prefkit_low_counts.argtypes = [_P, _N, ctypes.c_uint32, _P]
-_lib.prefkit_low_counts.restype = None
-_lib.prefkit_ties_merge.argtypes = [_P, _I, _N, _P, _P, _P, _I, _I, _F, _P, _P]
-_lib.prefkit_ties_merge.restype = _I
+_lib = load()  # ImportError when not built: `prefkit.ops.kernels()` then takes the eager path
 
 
 KEPT_ROOM = 8  # at most 1/KEPT_ROOM of the values are kept near the predicted cut-off

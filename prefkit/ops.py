@@ -16,20 +16,105 @@ import lazy_loader
 torch = lazy_loader.load("torch")
 
 
+# The helpers down to `weight_sum` take torch tensors or numpy arrays alike (for methods that
+# declare `takes_numpy`), with the same bits: numpy follows torch's scalar rules here.
+
+
 def task_vectors_(tensors: Sequence[torch.Tensor], base: torch.Tensor) -> list[torch.Tensor]:
     """θ_i − θ_0 computed in place in the (owned) input buffers; returns them."""
-    return [t.sub_(base) for t in tensors]
+    for t in tensors:
+        t -= base
+    return list(tensors)
 
 
 def accumulator(like: torch.Tensor) -> torch.Tensor:
     """A zeroed sum buffer: float32 for half dtypes (as torch's own sum accumulates), else alike."""
+    if _is_numpy(like):
+        np = _numpy()
+        return np.zeros(like.shape, np.float32 if like.dtype == np.float16 else like.dtype)
     dtype = torch.float32 if like.dtype in (torch.float16, torch.bfloat16) else like.dtype
     return torch.zeros(like.shape, dtype=dtype, device=like.device)
 
 
 def scale_(tensor: torch.Tensor, weight: float) -> torch.Tensor:
     """Multiply in place by `weight` rounded to the tensor's dtype (as a weight tensor would be)."""
+    if _is_numpy(tensor):
+        tensor *= tensor.dtype.type(weight)
+        return tensor
     return tensor.mul_(torch.tensor(weight, dtype=tensor.dtype))
+
+
+def mul_scalar_(tensor: torch.Tensor, value: float) -> torch.Tensor:
+    """tensor *= value, a Python float: as torch computes it, in float32 for half dtypes (the
+    value is not first rounded to the tensor's dtype) and rounded once to it."""
+    if _is_numpy(tensor):
+        np = _numpy()
+        wide = np.float32 if tensor.dtype == np.float16 else tensor.dtype.type
+        np.multiply(tensor, wide(value), out=tensor, casting="same_kind")
+        return tensor
+    return tensor.mul_(value)
+
+
+def add_product_(acc: torch.Tensor, x: torch.Tensor, weight: float) -> torch.Tensor:
+    """acc += x · weight in one rounding (fused, as torch's `addcmul_`, which mergekit's linear
+    uses), with x cast and `weight` rounded to acc's float32 or float64. numpy has no fused
+    multiply-add: numpy arrays take the C extension's loop (`fused_multiply_add()`)."""
+    if not _is_numpy(acc):
+        return acc.addcmul_(x, torch.tensor(weight, dtype=acc.dtype))
+    np = _numpy()
+    x = np.ascontiguousarray(x, dtype=acc.dtype)
+    if not acc.flags.c_contiguous:
+        raise ValueError("add_product_ needs a contiguous accumulator")
+    fused = fused_multiply_add(acc.dtype.name)
+    if fused is None:
+        raise RuntimeError("prefkit's C extension is not built: no fused multiply-add for numpy")
+    fused(acc.ctypes.data, x.ctypes.data, weight, acc.size)
+    return acc
+
+
+def fused_multiply_add(dtype: str = "float32"):
+    """The C loop `acc[i] = fma(x[i], w, acc[i])` for float32 or float64 arrays, or None when
+    the extension is not built (a method that needs it then keeps torch: `takes_numpy`)."""
+    from prefkit.clib import library
+
+    lib = library()
+    names = {"float32": "prefkit_fma_f32", "float64": "prefkit_fma_f64"}
+    return None if lib is None or dtype not in names else getattr(lib, names[dtype])
+
+
+def cast_like(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`x` in `like`'s dtype (itself if it is already)."""
+    if _is_numpy(x):
+        return x.astype(like.dtype, copy=False)
+    return x.to(like.dtype)
+
+
+def weight_sum(weights: Sequence[float], like: torch.Tensor):
+    """Σ weights as torch sums a `like`-dtype tensor of them (each weight rounded to the dtype,
+    added in float32 for half dtypes and rounded back), but always in order: torch's own sum
+    regroups five or more. A 0-dim tensor, or a numpy scalar for a numpy `like`."""
+    if _is_numpy(like):
+        np = _numpy()
+        wide = np.float32 if like.dtype == np.float16 else like.dtype.type
+        total = wide(0)
+        for weight in weights:
+            total = wide(total + wide(like.dtype.type(weight)))
+        return like.dtype.type(total)
+    rounded = torch.tensor(list(weights), dtype=like.dtype)
+    total = torch.zeros((), dtype=accumulator(rounded).dtype)
+    for weight in rounded:
+        total += weight
+    return total.to(device=like.device, dtype=like.dtype)
+
+
+def _is_numpy(array) -> bool:
+    return type(array).__module__ == "numpy"
+
+
+def _numpy():
+    import numpy
+
+    return numpy
 
 
 def flat_magnitudes(delta: torch.Tensor) -> torch.Tensor:
@@ -134,17 +219,20 @@ def map_chunks(fn: Callable[[slice], Any], n: int, size: int = CHUNK) -> list[An
     pool = _workers.get()
     if pool is None or len(parts) < 2:
         return [fn(part) for part in parts]
-    return list(pool.map(fn, parts))
+    context = contextvars.copy_context()  # e.g. numpy's error state: as on the calling thread
+    return list(pool.map(lambda part: context.copy().run(fn, part), parts))
 
 
 @contextlib.contextmanager
-def merge_threads(n: int, chunked: bool = True):
+def merge_threads(n: int, chunked: bool = True, *, uses_torch: bool = True):
     """Within the block, `map_chunks` spreads chunks over `n` threads and torch's own intra-op
     threads are 1: one level of parallelism, as a small elementwise operation split over threads
     costs more in hand-offs than it saves (`chunked` False: torch's threads are `n` instead, for
-    methods that merge whole tensors). Torch's setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1 if chunked else n)
+    methods that merge whole tensors). Torch's setting is restored afterwards. `uses_torch`
+    False (a merge on numpy arrays): torch is left alone, and not imported."""
+    before = torch.get_num_threads() if uses_torch else None
+    if uses_torch:
+        torch.set_num_threads(1 if chunked else n)
     pool = ThreadPoolExecutor(n, thread_name_prefix="prefkit-merge") if chunked and n > 1 else None
     token = _workers.set(pool)
     try:
@@ -153,7 +241,8 @@ def merge_threads(n: int, chunked: bool = True):
         _workers.reset(token)
         if pool is not None:
             pool.shutdown()
-        torch.set_num_threads(before)
+        if uses_torch:
+            torch.set_num_threads(before)
 
 
 class MagnitudeSelection:

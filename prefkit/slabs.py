@@ -101,42 +101,62 @@ def check_device(device: str) -> None:
 
 class BufferPool:
     """Byte buffers kept from slab to slab, by key; each grows to the largest size asked of it.
-    `pin`: page-locked host memory, so copies to a GPU run at full speed."""
+    `pin`: page-locked host memory, so copies to a GPU run at full speed. `numpy`: numpy
+    buffers (torch is not imported), else torch tensors."""
 
-    def __init__(self, pin: bool = False):
-        self.pin = pin
+    def __init__(self, pin: bool = False, numpy: bool = False):
+        self.pin, self.numpy = pin, numpy
         self._buffers: dict[Any, Any] = {}
         self._writing: dict[Any, Any] = {}  # key -> the queued write of the bytes it holds
 
     def take(self, key: Any, nbytes: int):
-        import torch
-
         job = self._writing.pop(key, None)
         if job is not None:
             job.exception()  # its bytes are still on their way to disk: wait (errors: writer's)
         buffer = self._buffers.get(key)
-        if buffer is None or buffer.numel() < nbytes:
+        if buffer is None or len(buffer) < nbytes:
             self._buffers.pop(key, None)  # free the smaller one first
-            buffer = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin)
+            buffer = self._allocate(nbytes)
             self._buffers[key] = buffer
         return buffer[:nbytes]
+
+    def _allocate(self, nbytes: int):
+        if self.numpy:
+            import numpy as np
+
+            return np.empty(nbytes, np.uint8)
+        import torch
+
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin)
 
     def hold(self, tensor, job) -> None:
         """Keep the buffer that holds `tensor` (if one does) from being read into again until
         `job`, the write of its bytes, is done."""
-        if tensor.device.type != "cpu":
+        if not self.numpy and tensor.device.type != "cpu":
             return
-        pointer = tensor.data_ptr()
+        pointer = _address(tensor)
         for key, buffer in self._buffers.items():
-            if buffer.data_ptr() <= pointer < buffer.data_ptr() + buffer.numel():
+            if _address(buffer) <= pointer < _address(buffer) + len(buffer):
                 self._writing[key] = job
                 return
 
     def tensor(self, key: Any, dtype: str, shape: tuple[int, ...]):
+        """A `dtype` tensor (or numpy array) of `shape` in the buffer `key`."""
+        buffer = self.take(key, math.prod(shape) * ITEMSIZE[dtype])
+        if self.numpy:
+            from prefkit import arrays
+
+            return arrays.view(buffer, dtype, shape)
         import torch
 
-        nbytes = math.prod(shape) * ITEMSIZE[dtype]
-        return self.take(key, nbytes).view(getattr(torch, dtype)).view(shape)
+        return buffer.view(getattr(torch, dtype)).view(shape)
+
+
+def _address(array) -> int:
+    """Where a torch tensor's or numpy array's first entry is in memory."""
+    if hasattr(array, "data_ptr"):
+        return array.data_ptr()
+    return array.__array_interface__["data"][0]
 
 
 class SlabLoader:
@@ -148,10 +168,10 @@ class SlabLoader:
     """
 
     def __init__(self, uses_base: bool, *, allow_nonfinite: bool = False, pooled: bool = False,
-                 device: str = "cpu", io_threads: int = 1):
+                 device: str = "cpu", io_threads: int = 1, numpy: bool = False):
         self.reader = TensorReader(check_finite=not allow_nonfinite)
-        self.uses_base, self.pooled, self.device = uses_base, pooled, device
-        self.pool = BufferPool(pin=device != "cpu") if pooled else None
+        self.uses_base, self.pooled, self.device, self.numpy = uses_base, pooled, device, numpy
+        self.pool = BufferPool(pin=device != "cpu", numpy=numpy) if pooled else None
         self._io = ThreadPoolExecutor(io_threads, "prefkit-io") if io_threads > 1 else None
         self._turns, self._out_turns = itertools.count(), itertools.count()
 
@@ -160,7 +180,8 @@ class SlabLoader:
         (non-float) tensor comes back as ([tensor], None)."""
         plan = slab.plan
         if plan.copy:
-            return [self.reader.read(plan.base or plan.sources[0])], None
+            read = self.reader.read_array if self.numpy else self.reader.read
+            return [read(plan.base or plan.sources[0])], None
         metas = list(plan.sources) + ([plan.base] if self.uses_base else [])
         # Methods write their result over the first input: its buffers take turns in a ring,
         # so a few results can wait to be written (writes are the slowest step) while reading
@@ -176,6 +197,8 @@ class SlabLoader:
         return tensors, None
 
     def _read(self, meta: TensorMeta | None, slab: Slab, key: Any):
+        if self.numpy:
+            return self._read_numpy(meta, slab, key)
         import torch
 
         plan, shape = slab.plan, slab.shape
@@ -187,10 +210,7 @@ class SlabLoader:
         if meta.shape == plan.shape and meta.dtype == dtype:  # straight into the buffer
             out = self.pool.take(key, math.prod(shape) * ITEMSIZE[dtype]) if self.pool else None
             return self.reader.read(meta, slab.rows, out=out)
-        rows = slab.rows
-        if rows is not None and meta.shape != plan.shape:  # padded: the source may have fewer rows
-            rows = (min(rows[0], meta.shape[0]), min(rows[1], meta.shape[0]))
-        raw = self._read_raw(meta, rows, key)
+        raw = self._read_raw(meta, _source_rows(meta, plan, slab.rows), key)
         if self.pool is None and raw.shape == shape:
             return raw.to(getattr(torch, dtype))
         out = self.pool.tensor(key, dtype, shape) if self.pool else torch.empty(
@@ -202,12 +222,34 @@ class SlabLoader:
             out.copy_(raw)
         return out
 
+    def _read_numpy(self, meta: TensorMeta | None, slab: Slab, key: Any):
+        """`_read` into numpy arrays: the same steps, converted by `prefkit.arrays`."""
+        from prefkit import arrays
+
+        plan, shape = slab.plan, slab.shape
+        dtype = plan.compute_dtype
+        if meta is not None and meta.shape == plan.shape and meta.dtype == dtype:  # straight in
+            buffer = self.pool.take(key, math.prod(shape) * ITEMSIZE[dtype]) if self.pool else None
+            return self.reader.read_array(meta, slab.rows, out=buffer)
+        out = self.pool.tensor(key, dtype, shape) if self.pool else arrays.empty(dtype, shape)
+        if meta is None:  # a head this model lacks: zeros
+            out[...] = 0
+            return out
+        raw = self._read_raw(meta, _source_rows(meta, plan, slab.rows), key)
+        if raw.shape != shape:
+            out[...] = 0  # the source's rows and columns go top-left; the rest stays zero
+            arrays.convert(raw, meta.dtype, out[tuple(slice(0, d) for d in raw.shape)], dtype)
+        else:
+            arrays.convert(raw, meta.dtype, out, dtype)
+        return out
+
     def _read_raw(self, meta: TensorMeta, rows: tuple[int, int] | None, key: Any):
+        read = self.reader.read_array if self.numpy else self.reader.read
         if self.pool is None:
-            return self.reader.read(meta, rows)
+            return read(meta, rows)
         count = meta.shape[0] if rows is None or not meta.shape else rows[1] - rows[0]
         nbytes = (meta.nbytes // meta.shape[0] * count) if meta.shape and meta.shape[0] else meta.nbytes
-        return self.reader.read(meta, rows, out=self.pool.take((*key, "raw"), nbytes))
+        return read(meta, rows, out=self.pool.take((*key, "raw"), nbytes))
 
     def hold(self, tensor, job) -> None:
         """`tensor` is being written by `job`: its buffer is not read into until then."""
@@ -216,6 +258,8 @@ class SlabLoader:
 
     def output(self, result, dtype: str):
         """The merged slab in the output dtype, on the host, ready to write."""
+        if self.numpy:
+            return self._output_numpy(result, dtype)
         import torch
 
         if str(result.dtype) == f"torch.{dtype}" and result.device.type == "cpu":
@@ -225,10 +269,28 @@ class SlabLoader:
         key = ("out", next(self._out_turns) % RESULT_RING)
         return self.pool.tensor(key, dtype, tuple(result.shape)).copy_(result)
 
+    def _output_numpy(self, result, dtype: str):
+        from prefkit import arrays
+
+        if result.dtype == arrays.STORAGE[dtype]:
+            return result
+        source = result.dtype.name
+        if self.pool is None:
+            return arrays.convert(result, source, arrays.empty(dtype, result.shape), dtype)
+        key = ("out", next(self._out_turns) % RESULT_RING)
+        return arrays.convert(result, source, self.pool.tensor(key, dtype, result.shape), dtype)
+
     def close(self) -> None:
         if self._io is not None:
             self._io.shutdown()
         self.reader.close()
+
+
+def _source_rows(meta: TensorMeta, plan: TensorPlan, rows: tuple[int, int] | None):
+    """The rows to read of a source whose shape may be smaller than the plan's (a padded head)."""
+    if rows is not None and meta.shape != plan.shape:
+        return min(rows[0], meta.shape[0]), min(rows[1], meta.shape[0])
+    return rows
 
 
 class SlabIO:

@@ -300,11 +300,7 @@ class TensorReader:
         `out`: a uint8 buffer of at least the bytes read, which the caller reuses from call to
         call (no fresh pages to fault in); the result is a view of it. Default: a fresh buffer.
         """
-        handle = self._handles.get(meta.file)
-        if handle is None:
-            with self._opening:
-                handle = self._handles.get(meta.file) or self._open(meta.file)
-                self._handles[meta.file] = handle
+        handle = self._handle(meta.file)
         try:
             if is_pickle(meta.file):
                 tensor = _rows_of(handle[meta.name], rows)
@@ -319,12 +315,43 @@ class TensorReader:
             _check_finite(tensor, meta)
         return tensor
 
+    def read_array(self, meta: TensorMeta, rows: tuple[int, int] | None = None, out=None):
+        """As `read`, as a numpy array (torch is not imported; `out`: a numpy uint8 buffer).
+        bfloat16 and float8 come as their bits (see `prefkit.arrays`). Safetensors files only."""
+        import numpy as np  # here: `prefkit validate` reads headers and starts without it
+
+        from prefkit import arrays
+
+        if is_pickle(meta.file):
+            raise CheckpointError(f"{meta.file}: pickle files are read through torch, not numpy")
+        handle = self._handle(meta.file)
+        shape, offset, nbytes = _extent(meta, rows)
+        buffer = np.empty(nbytes, np.uint8) if out is None else out[:nbytes]
+        try:
+            _pread(handle, meta, buffer, offset)
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(f"{meta.file}: cannot read tensor {meta.name!r} ({exc})") from exc
+        array = arrays.view(buffer, meta.dtype, shape)
+        if self.check_finite and meta.dtype in FLOAT_DTYPES:
+            _report_nonfinite(arrays.nonfinite(array, meta.dtype), meta)
+        return array
+
+    def _handle(self, file: Path):
+        handle = self._handles.get(file)
+        if handle is None:
+            with self._opening:
+                handle = self._handles.get(file) or self._open(file)
+                self._handles[file] = handle
+        return handle
+
     @staticmethod
     def _open(file: Path):
-        import torch
-
         try:
             if is_pickle(file):
+                import torch
+
                 return torch.load(file, map_location="cpu", mmap=True, weights_only=True)
             return open(file, "rb", buffering=0)
         except Exception as exc:
@@ -346,7 +373,10 @@ def _check_finite(tensor, meta: TensorMeta) -> None:
         tensor = tensor.float()
     if torch.isfinite(tensor.sum(dtype=torch.float64 if meta.dtype == "float64" else torch.float32)):
         return
-    bad = int((~torch.isfinite(tensor)).sum())
+    _report_nonfinite(int((~torch.isfinite(tensor)).sum()), meta)
+
+
+def _report_nonfinite(bad: int, meta: TensorMeta) -> None:
     if bad:
         raise CheckpointError(
             f"{meta.file}: tensor {meta.name!r} holds {bad} NaN/Inf value(s)",
@@ -367,13 +397,26 @@ def _into(out, tensor):
 def _read_at(fh, meta: TensorMeta, rows: tuple[int, int] | None = None, out=None):
     import torch
 
+    shape, offset, nbytes = _extent(meta, rows)
+    buffer = torch.empty(nbytes, dtype=torch.uint8) if out is None else out[:nbytes]
+    _pread(fh, meta, buffer.numpy(), offset)
+    dtype = getattr(torch, meta.dtype)
+    return buffer.view(dtype).reshape(shape)
+
+
+def _extent(meta: TensorMeta, rows: tuple[int, int] | None) -> tuple[tuple[int, ...], int, int]:
+    """(shape, file offset, bytes) of the tensor, or of `rows` of its first dimension."""
     shape, offset, nbytes = meta.shape, meta.offset, meta.nbytes
     if rows is not None:
         row_bytes = meta.nbytes // shape[0] if shape[0] else 0
         shape = (rows[1] - rows[0], *shape[1:])
         offset, nbytes = offset + rows[0] * row_bytes, (rows[1] - rows[0]) * row_bytes
-    buffer = torch.empty(nbytes, dtype=torch.uint8) if out is None else out[:nbytes]
-    view = memoryview(buffer.numpy())
+    return shape, offset, nbytes
+
+
+def _pread(fh, meta: TensorMeta, buffer, offset: int) -> None:
+    """Fill the uint8 numpy `buffer` from the file at `offset` (positioned reads, no seek)."""
+    view, nbytes = memoryview(buffer), len(buffer)
     done = 0
     while done < nbytes:
         got = os.preadv(fh.fileno(), [view[done:]], offset + done)
@@ -381,5 +424,3 @@ def _read_at(fh, meta: TensorMeta, rows: tuple[int, int] | None = None, out=None
             raise CheckpointError(f"{meta.file}: tensor {meta.name!r} is truncated "
                                   "(the file shrank after it was indexed)")
         done += got
-    dtype = getattr(torch, meta.dtype)
-    return buffer.view(dtype).reshape(shape)

@@ -8,10 +8,13 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from prefkit.io.checkpoint import ITEMSIZE, SAFETENSORS_DTYPES
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 TORCH_TO_SAFETENSORS = {torch_name: st for st, torch_name in SAFETENSORS_DTYPES.items()}
 
@@ -109,13 +112,20 @@ class ShardWriter:
         self._file.write(len(blob).to_bytes(8, "little"))
         self._file.write(blob)
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def write(self, name: str, tensor: torch.Tensor | np.ndarray, dtype: str | None = None) -> None:
         """Append `tensor`: the whole planned tensor, or its next slab of rows (a large tensor
-        arrives as consecutive slabs of its first dimension, in order)."""
+        arrives as consecutive slabs of its first dimension, in order).
+
+        A numpy array comes with `dtype`, the name of what its bytes hold (bfloat16 is held as
+        uint16 bits, see `prefkit.arrays`); a torch tensor's own dtype is used.
+        """
         shard, expected = self._order[self._next]
         if name != expected.name:
             raise ValueError(f"writer expected tensor {expected.name!r}, got {name!r}")
-        dtype, shape = str(tensor.dtype)[6:], tuple(tensor.shape)
+        numpy = dtype is not None
+        if numpy and tensor.itemsize != ITEMSIZE[dtype]:
+            raise ValueError(f"tensor {name!r}: {tensor.dtype} entries cannot hold {dtype}")
+        dtype, shape = dtype or str(tensor.dtype)[6:], tuple(tensor.shape)
         whole = shape == expected.shape and self._rows == 0
         if dtype != expected.dtype or not (whole or self._fits_rows(shape, expected.shape)):
             raise ValueError(
@@ -124,8 +134,13 @@ class ShardWriter:
             )
         if shard != self._shard:
             self._open(shard)
-        data = tensor.detach().contiguous().cpu().reshape(-1)
-        if data.numel():
+        if numpy:
+            data = memoryview(tensor.reshape(-1).view("uint8"))  # a copy if not contiguous
+        else:
+            import torch  # a tensor came: torch is loaded already
+
+            data = memoryview(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
+        if len(data):
             self._run(shard, self._write_bytes, data)
         self._rows = 0 if whole else self._rows + shape[0]
         if whole or self._rows == expected.shape[0]:
@@ -135,8 +150,8 @@ class ShardWriter:
         return (len(shape) == len(planned) > 0 and shape[1:] == planned[1:]
                 and self._rows + shape[0] <= planned[0])
 
-    def _write_bytes(self, data: torch.Tensor) -> None:
-        self._file.write(memoryview(data.view(torch.uint8).numpy()))
+    def _write_bytes(self, data: memoryview) -> None:
+        self._file.write(data)
 
     def _close_file(self) -> None:
         self._file.close()  # flushes: a full disk may show only now

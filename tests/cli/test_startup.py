@@ -1,5 +1,6 @@
 """`prefkit --help` and `prefkit validate` never import torch (they must start in well under a
-second); the merge commands import it when they need it."""
+second), nor do linear and task-arithmetic merges on the CPU (numpy arrays, `takes_numpy`); the
+other merge commands import it when they need it."""
 
 from __future__ import annotations
 
@@ -33,7 +34,14 @@ def test_light_commands_do_not_import_torch(tmp_path, args):
     assert _loaded(args, tmp_path) == "TORCH_NOT_LOADED"
 
 
-def test_the_probe_sees_torch_when_a_merge_runs(workdir):
-    (workdir / "r.yaml").write_text(
-        "merge_method: linear\nmodels: [{model: zoo/imdb}, {model: zoo/mrpc}]\n")
-    assert _loaded(["run", "-q", "r.yaml", "-o", "out"], workdir) == "TORCH_LOADED"
+@pytest.mark.parametrize("method,params,loaded", [
+    ("linear", "{weight: 0.5}", "TORCH_NOT_LOADED"),
+    ("task_arithmetic", "{weight: 0.5, lambda: 0.8}", "TORCH_NOT_LOADED"),
+    ("ties", "{weight: 1, density: 0.5}", "TORCH_LOADED"),  # the probe sees torch when it is used
+])
+def test_which_merges_import_torch(workdir, method, params, loaded):
+    base = "" if method == "linear" else "base_model: zoo/base\n"  # linear would merge it too
+    (workdir / "r.yaml").write_text(f"merge_method: {method}\n{base}models: [{{model: zoo/imdb}}, "
+                                    f"{{model: zoo/mrpc}}]\nparameters: {params}\n")
+    assert _loaded(["run", "-q", "r.yaml", "-o", "out"], workdir) == loaded
+    assert (workdir / "out" / "model.safetensors").exists()
