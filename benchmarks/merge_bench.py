@@ -59,7 +59,8 @@ What it does:
    equal-head set), then the issue's targets, met or not: prefkit/mergekit wall time (≤ 0.25 for
    linear and task_arithmetic, ≤ 0.08 for ties) and prefkit/floor (≤ 2.5, ≤ 5 for ties), each
    beside the same ratio for prefkit's own merge seconds (wall time also holds the interpreter
-   and ``import torch``: the "startup" line; a missed target says when start-up alone, or
+   and, except for linear and task arithmetic, which merge numpy arrays, ``import torch``: the
+   "startup" line; a missed target says when start-up alone, or
    start-up plus one read of the inputs, is already over it). With several ``--models``, a
    scaling table (merge seconds per input GB should stay flat); with several ``--size``, the same
    merges at each size (peak RSS should stay flat). ``--json FILE`` writes every measurement.
@@ -630,10 +631,17 @@ def run_mergekit(venv: Path, recipe_path: Path, out: Path, log: Path, inputs: li
     return result
 
 
-def startup_cost(repeats: int) -> float:
-    """Seconds for a child that only starts Python, imports what `prefkit run` imports and exits
-    through the CLI's entry point (as a merge does: its exit is part of every wall time)."""
-    code = ("import torch, safetensors, pydantic, yaml, click; import prefkit.cli, prefkit.executor, "
+# Merges that run on numpy arrays and never import torch (`TensorMethod.takes_numpy`; linear
+# needs prefkit's C extension for it, which `--snapshot` builds and reports).
+TORCH_FREE = {"linear", "task_arithmetic"}
+
+
+def startup_cost(repeats: int, torch: bool = True) -> float:
+    """Seconds for a child that only starts Python, imports what `prefkit run` imports (torch
+    too, or not: a linear merge does not) and exits through the CLI's entry point (as a merge
+    does: its exit is part of every wall time)."""
+    code = (("import torch; " if torch else "") +
+            "import safetensors, pydantic, yaml, click; import prefkit.cli, prefkit.executor, "
             "prefkit.plan; from prefkit.registry import load_registry; load_registry(); "
             "prefkit.cli.main(['--version'])")
     return statistics.median(measure([sys.executable, "-c", code], env=_env())["wall_s"]
@@ -910,21 +918,23 @@ def size_table(per_size: dict[str, dict], n: int, methods: list[str]) -> None:
     print(table(headers, rows))
 
 
-def target_lines(one: dict, methods: list[str], startup_s: float) -> list[str]:
+def target_lines(one: dict, methods: list[str], startups: dict[str, float]) -> list[str]:
     """The issue's targets, met or not: wall-time ratios (medians), with prefkit's own merge
-    seconds beside them (wall = merge + Python start-up and imports, ~startup_s here)."""
+    seconds beside them (wall = merge + Python start-up and imports: `startups`, with and
+    without torch)."""
     def verdict(value: float, target: float | None, least: float, what: str) -> str:
         if target is None:
             return ""
         if value <= target:
             return f" (target ≤ {target:g}: met)"
-        # start-up (python + import torch) alone may already be over the target's budget
+        # start-up (python and imports) alone may already be over the target's budget
         reach = f", out of reach in a fresh process: {what} give {least:.2f}" if least > target else ""
         return f" (target ≤ {target:g}: NOT met{reach})"
 
     lines = []
     for method in methods:
         vs_mergekit, vs_floor = TARGETS[method]
+        startup_s = startups["numpy" if method in TORCH_FREE else "torch"]
         parts = []
         ref = one.get("prefkit", {}).get(method)
         if ref is not None:
@@ -946,7 +956,9 @@ def target_lines(one: dict, methods: list[str], startup_s: float) -> list[str]:
         if parts:
             lines.append(f"  {method}: " + "; ".join(parts) + (f"; load {load:.1f}" if load else ""))
     if lines:
-        lines.insert(0, f"targets (wall time, medians; prefkit start-up ~{startup_s:.1f}s of each wall):")
+        lines.insert(0, f"targets (wall time, medians; prefkit start-up ~{startups['torch']:.1f}s "
+                        f"of each wall, ~{startups['numpy']:.1f}s without torch: "
+                        f"{', '.join(sorted(TORCH_FREE))}):")
     return lines
 
 
@@ -1023,7 +1035,9 @@ def main(argv: list[str] | None = None) -> int:
               + f" ({check_prefkit_origin()})")
     venv = ensure_mergekit(args.mergekit_venv, log) if args.vs_mergekit else None
     results["startup_s"] = startup_cost(args.repeats)
-    print(f"startup (python + imports + plugin registry, no merge): {results['startup_s']:.2f}s")
+    results["startup_numpy_s"] = startup_cost(args.repeats, torch=False)
+    print(f"startup (python + imports + plugin registry, no merge): {results['startup_s']:.2f}s, "
+          f"{results['startup_numpy_s']:.2f}s without torch ({', '.join(sorted(TORCH_FREE))})")
     for size, n in ((size, n) for size in sizes for n in counts):
         ref = build_set(size, n, args.seed, log)
         work = CACHE / "runs" / f"{size}-{n}"
@@ -1038,7 +1052,8 @@ def main(argv: list[str] | None = None) -> int:
         if venv is not None:
             one["vs_mergekit"] = bench_mergekit(ref, work, methods, args.mergekit_repeats or args.repeats,
                                                 args.repeats, venv, size, args.seed, log)
-        lines = target_lines(one, methods, results["startup_s"])
+        lines = target_lines(one, methods, {"torch": results["startup_s"],
+                                            "numpy": results["startup_numpy_s"]})
         if lines:
             print()
             print("\n".join(lines))
