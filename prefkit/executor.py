@@ -94,13 +94,16 @@ def execute(plan: Plan, *, reporter: Reporter | None = None, force: bool = False
             raise OutputError(f"output {out} already exists", hint="pass --force to replace it, or -o")
         check_replaceable(out)
     tmp = temp_sibling(out)
+    numpy = weights is None and device == "cpu" and numpy_merge(plan)
+    if not numpy:
+        import torch  # noqa: F401  (here, not on the clock: its import is start-up, not merging)
     started = time.perf_counter()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         total = _write_tensors(plan, tmp, reporter, max_shard_bytes, weights, allow_nonfinite,
-                               state, threads, device)
+                               state, threads, device, numpy)
         seconds = time.perf_counter() - started
         _write_side_files(plan, tmp, seconds, task_heads, provenance)
         for name, text in (files or {}).items():
@@ -119,12 +122,11 @@ def execute(plan: Plan, *, reporter: Reporter | None = None, force: bool = False
 
 def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes: int,
                    weights=None, allow_nonfinite: bool = False, state=None, threads=None,
-                   device: str = "cpu") -> int:
+                   device: str = "cpu", numpy: bool = False) -> int:
     method = plan.method.method
     uses_base = plan.base is not None and method.base == "required"
     inputs = len(plan.inputs) + uses_base
     split = weights is None and getattr(method, "elementwise", False)
-    numpy = weights is None and device == "cpu" and numpy_merge(plan)
     threads = threads or all_cores()
     loader = SlabLoader(uses_base, allow_nonfinite=allow_nonfinite, pooled=split, device=device,
                         io_threads=min(threads, inputs), numpy=numpy)
