@@ -59,8 +59,8 @@ What it does:
    equal-head set), then the issue's targets, met or not: prefkit/mergekit wall time (≤ 0.25 for
    linear and task_arithmetic, ≤ 0.08 for ties) and prefkit/floor (≤ 2.5, ≤ 5 for ties), each
    beside the same ratio for prefkit's own merge seconds (wall time also holds the interpreter
-   and, except for linear and task arithmetic, which merge numpy arrays, ``import torch``: the
-   "startup" line; a missed target says when start-up alone, or
+   and, unless the method merges numpy arrays (all of these do, with the C extension),
+   ``import torch``: the "startup" line; a missed target says when start-up alone, or
    start-up plus one read of the inputs, is already over it). With several ``--models``, a
    scaling table (merge seconds per input GB should stay flat); with several ``--size``, the same
    merges at each size (peak RSS should stay flat). ``--json FILE`` writes every measurement.
@@ -632,8 +632,8 @@ def run_mergekit(venv: Path, recipe_path: Path, out: Path, log: Path, inputs: li
 
 
 # Merges that run on numpy arrays and never import torch (`TensorMethod.takes_numpy`; linear
-# needs prefkit's C extension for it, which `--snapshot` builds and reports).
-TORCH_FREE = {"linear", "task_arithmetic"}
+# and TIES need prefkit's C extension for it, which `--snapshot` builds and reports).
+TORCH_FREE = {"linear", "task_arithmetic", "ties", "ties_global"}
 
 
 def startup_cost(repeats: int, torch: bool = True) -> float:

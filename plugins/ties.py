@@ -21,6 +21,7 @@ missed, and then only over the tensors that came before it settled.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -38,8 +39,10 @@ from prefkit.ops import (
     chunks,
     disjoint_mean,
     kernels,
+    kernels_enabled,
     map_chunks,
     nonzero_divisor_,
+    round_to,
     scale_,
     sign_votes,
     task_vector_cut_point,
@@ -89,6 +92,13 @@ class TiesMethod(TensorMethod):
     Params = TiesParams
     ModelParams = TiesModelParams
     param_aliases = {"k": "density", "lambda_merge": "lambda"}
+    numpy_dtypes = frozenset({"float32"})  # the C loops' dtype: others merge torch tensors
+
+    @property
+    def takes_numpy(self) -> bool:
+        """Float32 merges run on numpy arrays, and torch is not imported, when the C loops can
+        do the float32 work (`kernels_enabled`); the rest of TIES is written for both."""
+        return kernels_enabled()
 
     def check(self, resolved: Sequence[tuple[TensorInfo, TiesParams, Sequence[TiesModelParams]]]):
         """Global trimming needs one `trim` and one density per model over the whole vector."""
@@ -127,7 +137,8 @@ class TiesMethod(TensorMethod):
             for item in scan():
                 dtype = item.base.dtype
                 for norm, tensor in zip(norms, item.tensors):
-                    norm.add(tensor.sub_(item.base))
+                    tensor -= item.base
+                    norm.add(tensor)
             ratios = [norm.ratio(dtype) for norm in norms]
         return _Slabbed(cuts, ratios)
 
@@ -140,8 +151,6 @@ class TiesMethod(TensorMethod):
         model_params: Sequence[TiesModelParams],
         info: TensorInfo,
     ) -> torch.Tensor:
-        import torch
-
         # Task vectors in place in the owned input buffers; after the per-model cut-offs are
         # known, everything is elementwise, so it runs chunk by chunk and the result is written
         # over the first input's buffer: peak memory stays at the inputs plus a few chunks.
@@ -157,7 +166,7 @@ class TiesMethod(TensorMethod):
             vectors = tensors
             ratios = [_L1.of(v, c) if params.rescale else None for v, c in zip(vectors, cuts)]
         # the weights rounded to the compute dtype, as weight tensors would be
-        weights = [float(torch.tensor(mp.weight, dtype=base.dtype)) for mp in model_params]
+        weights = [round_to(mp.weight, base) for mp in model_params]
         deltas = [v.reshape(-1) for v in vectors]
         flat_base, out = base.reshape(-1), deltas[0]
         # A cut that keeps some of the entries tied at its threshold and not others spends its
@@ -171,7 +180,7 @@ class TiesMethod(TensorMethod):
             if cut is not None and cut.ordered(base.dtype):
                 unordered[i] = cut.split_off(deltas[i]) if shared else None
                 if unordered[i] is None:  # it holds the last tie kept: trim in flat order
-                    for part in chunks(out.numel()):
+                    for part in chunks(out.shape[0]):
                         cut.trim_(deltas[i][part])
 
         def merge_chunk(part: slice) -> None:
@@ -180,12 +189,12 @@ class TiesMethod(TensorMethod):
                 if cut is not None:
                     cut.trim_(delta)
                 if ratio is not None:
-                    delta.mul_(ratio)
+                    delta *= ratio
                 scale_(delta, mp.weight)
             out[part] = _disjoint_merge(parts, flat_base[part], params, weights)
 
         fused = _fused_merge(deltas, flat_base, unordered, ratios, weights, params)
-        map_chunks(merge_chunk if fused is None else fused, out.numel())
+        map_chunks(merge_chunk if fused is None else fused, out.shape[0])
         if info.state is not None:  # spend the global ties budget in merge order
             info.state.spend(cuts)
         return out.reshape(base.shape)
@@ -232,9 +241,9 @@ class _Slabbed:
 def _tensor_cut(tensor: torch.Tensor, base: torch.Tensor, density: float) -> MagnitudeCut | None:
     """Per-tensor trimming of a whole tensor: `tensor -= base` (in place: τ), and the cut that
     keeps its k largest |τ| (None: keep all)."""
-    k = _keep_count(density, tensor.numel())
+    k = _keep_count(density, math.prod(tensor.shape))
     if not k:
-        tensor.sub_(base)
+        tensor -= base
         return None if k is None else MagnitudeCut.nothing()
     threshold, greater, equal = task_vector_cut_point(tensor, base, k)
     return MagnitudeCut(threshold, k - greater, equal)
@@ -253,7 +262,7 @@ def _cuts(scan: Scan, model_params: Sequence[TiesModelParams] | None) -> list[Ma
             # 1 keeps what lies near it); a whole task vector's tensors do not (`mixed`: the
             # prediction follows what was counted so far)
             per_tensor = model_params is not None
-            total = None if item.left is None else item.tensors[0].numel() + item.left
+            total = None if item.left is None else math.prod(item.tensors[0].shape) + item.left
             selections = [MagnitudeSelection(top_fraction=d, streamed=per_tensor,
                                              mixed=not per_tensor, total=total)
                           for d in densities]
@@ -268,7 +277,8 @@ def _cuts(scan: Scan, model_params: Sequence[TiesModelParams] | None) -> list[Ma
             if n == items:
                 break
             for i in again:
-                selections[i].add(item.tensors[i].sub_(item.base))
+                item.tensors[i] -= item.base
+                selections[i].add(item.tensors[i])
     return [None if k is None else MagnitudeCut.keep(s, k) if k else MagnitudeCut.nothing()
             for k, s in zip(ks, selections)]
 
@@ -293,17 +303,21 @@ class _L1:
     def add(self, delta: torch.Tensor) -> None:
         if self.probe is None:
             return
-        rows = delta.reshape(delta.shape[0] if delta.dim() else 1, -1)
+        rows = delta.reshape(delta.shape[0] if delta.ndim else 1, -1)
         for part in _row_chunks(rows):
-            mag = part.abs()
+            mag = abs(part)
             self.before = _add_rows(self.before, mag)
-            self.after = _add_rows(self.after, mag.mul_(self.probe.mask(part)))
+            mag *= self.probe.mask(part)
+            self.after = _add_rows(self.after, mag)
 
     def ratio(self, dtype, eps: float = 1e-7) -> torch.Tensor | None:
-        import torch
-
+        """The ratio in `dtype` (torch's: a 0-dim tensor; numpy's: a scalar), or None."""
         if self.probe is None or self.before < eps or self.after < eps:
             return None
+        if hasattr(dtype, "type"):  # a numpy dtype
+            return dtype.type(self.before / self.after)
+        import torch
+
         return torch.tensor(self.before / self.after, dtype=dtype)
 
 
@@ -317,7 +331,8 @@ def _add_rows(total: float, mag: torch.Tensor) -> float:
     """`total` plus each row's float64 sum, in row order (deterministic: numpy, one thread)."""
     import numpy as np
 
-    sums = mag.double().cpu().numpy().sum(axis=1)
+    wide = mag.astype(np.float64) if isinstance(mag, np.ndarray) else mag.double().cpu().numpy()
+    sums = wide.sum(axis=1)
     return float(np.cumsum(np.concatenate([[total], sums]))[-1])
 
 

@@ -118,7 +118,7 @@ class TensorMethod(Method):
         param_aliases: accepted alternative parameter names, mapped to the canonical ones.
         elementwise: opt in to slab merging (see below); False: `merge` always gets whole tensors.
         takes_numpy: `merge` also takes numpy arrays, and returns the same bits for them as for
-            torch tensors (see below).
+            torch tensors (see below); `numpy_dtypes`: the compute dtypes it takes them in.
 
     Slabs (constant memory): when `elementwise` is True, the executor may cut a tensor whose
     inputs outgrow its memory budget (e.g. a 50265×768 embedding) into slabs of consecutive rows
@@ -131,8 +131,9 @@ class TensorMethod(Method):
 
     numpy (no torch import): importing torch takes 1-2.5 s, more than a linear merge of a
     roberta-base set. When `takes_numpy` is True and the merge runs on the CPU from safetensors
-    inputs, the executor passes numpy arrays (float16/32/64; bfloat16 inputs arrive converted to
-    a float32 compute dtype, and a bfloat16 compute dtype keeps torch) and never imports torch.
+    inputs, the executor passes numpy arrays (in the compute dtypes of `numpy_dtypes`: float16/
+    32/64 by default; bfloat16 inputs arrive converted to a float32 compute dtype, and a bfloat16
+    compute dtype keeps torch) and never imports torch.
     `prefkit.ops`' helpers up to `weight_sum` work on either, with the same bits; a method that
     does its own arithmetic must follow torch's scalar rules (`ops.mul_scalar_`).
     """
@@ -140,6 +141,7 @@ class TensorMethod(Method):
     kind: ClassVar[str] = "tensor"
     elementwise: ClassVar[bool] = False
     takes_numpy: ClassVar[bool] = False
+    numpy_dtypes: ClassVar[frozenset[str]] = frozenset({"float16", "float32", "float64"})
 
     def prepare(self, scan: Scan, params: Params) -> Any:
         """Optional pre-pass over every tensor group before the merge (e.g. global TIES trimming).

@@ -7,9 +7,9 @@ memory stays constant as models grow. The next slab is read on a background thre
 current one is merged. Output goes to a temporary sibling folder that is renamed into place only
 when complete, so a failure leaves nothing behind.
 
-A method that takes numpy arrays (`TensorMethod.takes_numpy`: linear, task arithmetic) merges
-them on the CPU (`numpy_merge`), and the whole merge then runs without importing torch, which
-takes longer than such a merge itself.
+A method that takes numpy arrays (`TensorMethod.takes_numpy`: linear, task arithmetic, float32
+TIES) merges them on the CPU (`numpy_merge`), and the whole merge then runs without importing
+torch, which takes longer than a linear merge itself.
 """
 
 from __future__ import annotations
@@ -190,14 +190,17 @@ def _merge_units(plan: Plan, units: list[Slab], io: SlabIO, writer: ShardWriter,
 def numpy_merge(plan: Plan) -> bool:
     """Whether the plan's merge runs on numpy arrays, without torch: the method takes them
     (`TensorMethod.takes_numpy`), every input is a safetensors file, and every merged tensor is
-    computed in a dtype numpy has (bfloat16 is only read and written: `prefkit.arrays`)."""
-    if not getattr(plan.method.method, "takes_numpy", False):
+    computed in a dtype numpy has and the method takes (`numpy_dtypes`; bfloat16 is only read
+    and written: `prefkit.arrays`)."""
+    method = plan.method.method
+    if not getattr(method, "takes_numpy", False):
         return False
+    computable = arrays.COMPUTABLE & getattr(method, "numpy_dtypes", arrays.COMPUTABLE)
     for tp in plan.tensors:
         metas = [m for m in (*tp.sources, tp.base) if m is not None]
         if any(is_pickle(m.file) for m in metas):
             return False
-        if not tp.copy and not (tp.compute_dtype in arrays.COMPUTABLE
+        if not tp.copy and not (tp.compute_dtype in computable
                                 and tp.out_dtype in arrays.CONVERTIBLE
                                 and all(m.dtype in arrays.CONVERTIBLE for m in metas)):
             return False

@@ -4,7 +4,8 @@ splits into many.
 Counting a histogram of bit patterns and the per-chunk TIES merge (trim, scale, vote, disjoint
 sum, divide, add the base) are each one loop here, where torch needs an operation (and a trip
 through memory) per step. Every loop does the eager path's float32 operations in the same order,
-so the results are the same bits; `tests/perf/test_kernels.py` compares the two paths.
+so the results are the same bits; `tests/perf/test_kernels.py` compares the two paths. The
+wrappers take torch tensors or numpy arrays (a TIES merge on numpy never imports torch).
 
 Why C through ctypes and not numba: loading numba's compiled kernels costs about a second and
 145 MB of resident memory (LLVM) in every merge process, more than the kernels save on a
@@ -17,8 +18,6 @@ from __future__ import annotations
 
 import ctypes
 
-import torch
-
 from prefkit.clib import load
 
 _lib = load()  # ImportError when not built: `prefkit.ops.kernels()` then takes the eager path
@@ -27,28 +26,55 @@ _lib = load()  # ImportError when not built: `prefkit.ops.kernels()` then takes 
 KEPT_ROOM = 8  # at most 1/KEPT_ROOM of the values are kept near the predicted cut-off
 
 
-def high_counts(values: torch.Tensor, base: torch.Tensor | None = None,
-                window: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor | None]:
+# The wrappers take torch tensors or numpy arrays (flat, contiguous, float32, on the CPU) and
+# answer in the same library.
+
+
+def high_counts(values, base=None, window: tuple[int, int] = (0, 0)):
     """Round 1 of the exact selection over |values| (float32, flat, contiguous, CPU): counts of
     the 2^15 high-bit bins of their bit patterns (as `ops.high_histogram` counts them), and the
     patterns in `window` = [lo, hi) (None when more than 1/KEPT_ROOM of the values lay there).
     With `base`, `values -= base` first, in place, in the same pass."""
     lo, hi = window
-    room = values.numel() // KEPT_ROOM if hi > lo else 0
-    counts = torch.zeros(1 << 15, dtype=torch.int64)
-    kept = torch.empty(room + 1, dtype=torch.int32)  # + 1: the sink for what does not fit
-    met = _lib.prefkit_high_counts(values.data_ptr(), None if base is None else base.data_ptr(),
-                                   values.numel(), lo, hi, counts.data_ptr(), kept.data_ptr(),
-                                   room)
-    return counts, (kept[:met].clone() if met <= room else None)
+    n = _numel(values)
+    room = n // KEPT_ROOM if hi > lo else 0
+    counts = _zeros(values, 1 << 15, "int64")
+    kept = _zeros(values, room + 1, "int32", empty=True)  # + 1: the sink for what does not fit
+    met = _lib.prefkit_high_counts(_address(values), None if base is None else _address(base),
+                                   n, lo, hi, _address(counts), _address(kept), room)
+    return counts, ((kept[:met].copy() if _numpy(kept) else kept[:met].clone()) if met <= room
+                    else None)
 
 
-def low_counts(values: torch.Tensor, high_bin: int) -> torch.Tensor:
+def low_counts(values, high_bin: int):
     """Counts of the 2^16 low-bit values of the patterns of |values| in bin `high_bin` (as
     `ops.low_histogram` counts them, without a pass that forms the patterns first)."""
-    counts = torch.zeros(1 << 16, dtype=torch.int64)
-    _lib.prefkit_low_counts(values.data_ptr(), values.numel(), high_bin, counts.data_ptr())
+    counts = _zeros(values, 1 << 16, "int64")
+    _lib.prefkit_low_counts(_address(values), _numel(values), high_bin, _address(counts))
     return counts
+
+
+def _numpy(array) -> bool:
+    return type(array).__module__ == "numpy"
+
+
+def _numel(array) -> int:
+    return array.size if _numpy(array) else array.numel()
+
+
+def _address(array) -> int:
+    return array.ctypes.data if _numpy(array) else array.data_ptr()
+
+
+def _zeros(like, n: int, dtype: str, empty: bool = False):
+    """n zeros (or uninitialised) of `dtype`, in `like`'s library."""
+    if _numpy(like):
+        import numpy as np
+
+        return (np.empty if empty else np.zeros)(n, dtype)
+    import torch
+
+    return (torch.empty if empty else torch.zeros)(n, dtype=getattr(torch, dtype))
 
 
 class TiesChunk:
@@ -65,11 +91,11 @@ class TiesChunk:
         self.bounds, self.ratios, self.weights = floats(*bounds), floats(*ratios), floats(*weights)
         self.count, self.normalize, self.lambda_ = int(count), int(normalize), lambda_
 
-    def __call__(self, deltas: list[torch.Tensor], base: torch.Tensor, out: torch.Tensor) -> None:
+    def __call__(self, deltas: list, base, out) -> None:
         """Merge one chunk: `deltas` (flat contiguous float32 task vectors, left as they are),
         `base`, into `out` (may be `deltas[0]`)."""
-        pointers = (ctypes.c_void_p * self.models)(*(d.data_ptr() for d in deltas))
-        if _lib.prefkit_ties_merge(pointers, self.models, base.numel(), self.bounds, self.ratios,
+        pointers = (ctypes.c_void_p * self.models)(*(_address(d) for d in deltas))
+        if _lib.prefkit_ties_merge(pointers, self.models, _numel(base), self.bounds, self.ratios,
                                    self.weights, self.count, self.normalize, self.lambda_,
-                                   base.data_ptr(), out.data_ptr()):
+                                   _address(base), _address(out)):
             raise MemoryError("prefkit_ties_merge: no memory for its scratch")

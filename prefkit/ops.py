@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import os
+import struct
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -82,6 +84,13 @@ def fused_multiply_add(dtype: str = "float32"):
     return None if lib is None or dtype not in names else getattr(lib, names[dtype])
 
 
+def round_to(value: float, like: torch.Tensor) -> float:
+    """`value` rounded to `like`'s dtype, as a weight tensor of that dtype would hold it."""
+    if _is_numpy(like):
+        return float(like.dtype.type(value))
+    return float(torch.tensor(value, dtype=like.dtype))
+
+
 def cast_like(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """`x` in `like`'s dtype (itself if it is already)."""
     if _is_numpy(x):
@@ -117,8 +126,60 @@ def _numpy():
     return numpy
 
 
+# What the exact selection and the TIES cut need of either library (numpy: TIES on numpy).
+
+
+def _numel(x) -> int:
+    return x.size if _is_numpy(x) else x.numel()
+
+
+def _clone(x):
+    return x.copy() if _is_numpy(x) else x.clone()
+
+
+def _cat(parts: list, like):
+    """The parts end to end, in `like`'s library (int32 when there are none)."""
+    if _is_numpy(like):
+        np = _numpy()
+        return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int32)
+
+
+def _bincount(values, minlength: int):
+    if _is_numpy(values):
+        return _numpy().bincount(values, minlength=minlength)
+    return torch.bincount(values, minlength=minlength)
+
+
+def _kth_smallest(values, k: int) -> int:
+    """The k-th smallest (1-based) of integer `values`."""
+    if _is_numpy(values):
+        return int(_numpy().partition(values, k - 1)[k - 1])
+    return int(torch.kthvalue(values.cpu(), k).values)
+
+
+def _zeros(like, n: int, dtype: str):
+    if _is_numpy(like):
+        return _numpy().zeros(n, dtype)
+    return torch.zeros(n, dtype=getattr(torch, dtype))
+
+
+def _dtype_name(dtype) -> str:
+    """"float32" for torch.float32 or numpy's float32 alike."""
+    return str(dtype).removeprefix("torch.")
+
+
+def kernels_enabled() -> bool:
+    """The C loops can run: built, and not turned off by `PREFKIT_KERNELS=torch`."""
+    from prefkit.clib import library
+
+    return os.environ.get("PREFKIT_KERNELS") != "torch" and library() is not None
+
+
 def flat_magnitudes(delta: torch.Tensor) -> torch.Tensor:
     """|δ| flattened, in float32 (float64 stays float64) so selection is exact for half dtypes."""
+    if _is_numpy(delta):  # float32 (TIES merges numpy arrays only then)
+        return _numpy().abs(delta).reshape(-1)
     mag = delta.abs().reshape(-1)
     return mag if mag.dtype == torch.float64 else mag.float()
 
@@ -126,6 +187,10 @@ def flat_magnitudes(delta: torch.Tensor) -> torch.Tensor:
 def magnitude_bits(delta: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """|δ| as float32 bit patterns (int32, flat; into `out` when given): for non-negative floats,
     integer order = value order, so exact selection can count bits instead of sorting."""
+    if _is_numpy(delta):  # float32 (TIES merges numpy arrays only then)
+        np = _numpy()
+        bits = np.ascontiguousarray(delta, dtype=np.float32).reshape(-1).view(np.int32)
+        return np.bitwise_and(bits, 0x7FFFFFFF, out=out)
     if delta.dtype == torch.float32 and delta.is_contiguous():  # |δ| is δ without its sign bit
         return torch.bitwise_and(delta.reshape(-1).view(torch.int32), 0x7FFFFFFF, out=out)
     bits = flat_magnitudes(delta).float().view(torch.int32)
@@ -138,8 +203,12 @@ def kernels(*tensors: torch.Tensor):
     `torch`; else None (use the eager torch path)."""
     if os.environ.get("PREFKIT_KERNELS") == "torch":
         return None
-    if not all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()
-               for t in tensors):
+    if all(_is_numpy(t) for t in tensors):
+        np = _numpy()
+        if not all(t.dtype == np.float32 and t.flags.c_contiguous for t in tensors):
+            return None
+    elif not all(not _is_numpy(t) and t.dtype == torch.float32 and t.device.type == "cpu"
+                 and t.is_contiguous() for t in tensors):
         return None
     try:
         from prefkit import kernels as module
@@ -167,8 +236,11 @@ def histogram_part(n: int) -> int:
 def high_histogram(bits: torch.Tensor, *, consume: bool = False) -> torch.Tensor:
     """Counts of the 2^15 high-bit bins of non-negative float32 bit patterns (`consume`: shift
     `bits`, a scratch buffer, in place instead of allocating)."""
-    high = bits.bitwise_right_shift_(16) if consume else bits >> 16
-    return torch.bincount(high, minlength=1 << 15)
+    if _is_numpy(bits):
+        high = _numpy().right_shift(bits, 16, out=bits) if consume else bits >> 16
+    else:
+        high = bits.bitwise_right_shift_(16) if consume else bits >> 16
+    return _bincount(high, 1 << 15)
 
 
 def low_histogram(bits: torch.Tensor, high_bin: int, *, consume: bool = False) -> torch.Tensor:
@@ -185,14 +257,20 @@ def bin_of_kth_largest(histogram: torch.Tensor, k: int, above: int = 0) -> tuple
 
     `above` counts entries in higher bins already (for the second round of a radix select).
     """
-    from_top = torch.flip(histogram, [0]).cumsum(0) + above
-    index = int(torch.searchsorted(from_top, k))
+    if _is_numpy(histogram):
+        np = _numpy()
+        from_top = np.flip(histogram).cumsum() + above
+        index = int(np.searchsorted(from_top, k))
+    else:
+        from_top = torch.flip(histogram, [0]).cumsum(0) + above
+        index = int(torch.searchsorted(from_top, k))
     greater = int(from_top[index - 1]) if index > 0 else above
-    return histogram.numel() - 1 - index, greater
+    return _numel(histogram) - 1 - index, greater
 
 
 def bits_to_float(pattern: int) -> float:
-    return float(torch.tensor([pattern], dtype=torch.int32).view(torch.float32))
+    """The float32 whose bit pattern is `pattern` (0 ≤ pattern < 2^32), as a Python float."""
+    return struct.unpack("<f", struct.pack("<I", pattern & 0xFFFFFFFF))[0]
 
 
 CHUNK = 1 << 18  # elements per chunk (1 MiB of float32): amortises Python, stays in cache
@@ -305,8 +383,9 @@ class MagnitudeSelection:
         fused kernels, the subtraction and the counting are one pass."""
         round_one = self._bin is None and self._found is None
         fused = kernels(tensor, base)
-        if fused is None or not round_one or self.count + tensor.numel() <= self.SMALL:
-            self.add(tensor.sub_(base))
+        if fused is None or not round_one or self.count + _numel(tensor) <= self.SMALL:
+            tensor -= base
+            self.add(tensor)
         else:
             self._add(tensor.reshape(-1), base.reshape(-1))
 
@@ -314,9 +393,9 @@ class MagnitudeSelection:
         """`add`; `base` (round 1 with the kernels only): subtract it from `flat` first."""
         self._pieces += 1
         if self._bin is None and self._found is None:  # round 1
-            self.count += flat.numel()
+            self.count += _numel(flat)
             if self._kept is not None and self.count <= self.SMALL:
-                self._kept.append(magnitude_bits(flat).clone())
+                self._kept.append(_clone(magnitude_bits(flat)))
                 return
             self._count_kept()
             fused = kernels(flat)
@@ -328,23 +407,23 @@ class MagnitudeSelection:
                 return
             self._near = self._lows = None
             for counts in map_chunks(lambda p: high_histogram(self._bits(flat[p]), consume=True),
-                                     flat.numel()):
+                                     _numel(flat)):
                 self._high = _add(self._high, counts)
         elif self._round_two and (self.rescan is None or self._pieces <= self.rescan):
             high_bin = self._bin[0]
             fused = kernels(flat)
             if fused is not None:
-                parts = map_chunks(lambda p: fused.low_counts(flat[p], high_bin), flat.numel(),
-                               histogram_part(flat.numel()))
+                parts = map_chunks(lambda p: fused.low_counts(flat[p], high_bin), _numel(flat),
+                                   histogram_part(_numel(flat)))
             else:
                 parts = map_chunks(lambda p: low_histogram(self._bits(flat[p]), high_bin,
-                                                           consume=True), flat.numel())
+                                                           consume=True), _numel(flat))
             for counts in parts:
                 self._low = _add(self._low, counts)
 
     def _count_fused(self, fused, flat: torch.Tensor, base: torch.Tensor | None) -> None:
         if self._window == (0, 0) and self._near is not None:
-            if self.top_fraction is None or flat.numel() < (self.SMALL if self.streamed
+            if self.top_fraction is None or _numel(flat) < (self.SMALL if self.streamed
                                                              else PREDICT_MIN):
                 self._near = None  # nothing to predict from: two rounds
             elif self.streamed:  # this piece's own cut-off, counted exactly, then kept around
@@ -375,21 +454,21 @@ class MagnitudeSelection:
             self._early = None
         counts, near = self._scan(fused, flat, base, self._window)
         fresh, values = self._fresh
-        self._fresh = (counts.clone() if fresh is None else fresh.add_(counts)), values + flat.numel()
+        self._fresh = (_clone(counts) if fresh is None else _add(fresh, counts)), values + _numel(flat)
         self._high = _add(self._high, counts)
         if near is None:  # too many to keep: the window's counts start after this piece
             self._near = []
             self._lows = {b: [piece + 1, None] for b in self._lows}
             return
         self._near.extend(near)
-        if sum(n.numel() for n in self._near) >= MIXED_FLUSH:
+        if sum(_numel(n) for n in self._near) >= MIXED_FLUSH:
             self._flush()
 
     def _follow(self, flat: torch.Tensor, base: torch.Tensor | None) -> tuple[int, int]:
         """`mixed`: the window for this piece. The first one around the sample's prediction;
         once PREDICT_MIN values are counted, moved (only) when the predicted cut-off comes within
         a bin of its edge."""
-        counted = self.count - flat.numel()
+        counted = self.count - _numel(flat)
         if self._window == (0, 0):
             return self._predict(flat, base)
         fresh, latest = self._fresh
@@ -398,7 +477,9 @@ class MagnitudeSelection:
         self._fresh = (None, 0)
         expected = self._high
         if self.total is not None and self.total > counted:  # the rest, like the latest pieces
-            expected = fresh.double().mul_((self.total - counted) / latest).add_(self._high)
+            scale = (self.total - counted) / latest
+            expected = (fresh.astype("float64") * scale + self._high if _is_numpy(fresh)
+                        else fresh.double().mul_(scale).add_(self._high))
         centre = self._centre(expected)
         lo, hi = _bins_of(self._window)
         return self._window if lo < centre < hi - 1 else _bins_around(centre, WINDOW_BINS)
@@ -408,15 +489,17 @@ class MagnitudeSelection:
         if not self._near:
             return
         lo, hi = _bins_of(self._window)
-        kept = torch.cat(self._near).sub_(lo << 16)
+        kept = _cat(self._near, self._near[0])
+        kept -= lo << 16
         self._near = []
-        counts = torch.bincount(kept, minlength=(hi - lo) << 16).view(hi - lo, 1 << 16)
+        counts = _bincount(kept, (hi - lo) << 16).reshape(hi - lo, 1 << 16)
         # int32 (half the memory) while no count can overflow it: fewer than 2^31 values
         wide = self.total is None or self.total >= 1 << 31
-        counts = counts if wide else counts.to(torch.int32)
+        if not wide:
+            counts = counts.astype("int32") if _is_numpy(counts) else counts.to(torch.int32)
         for b in range(lo, hi):
             entry = self._lows[b]
-            entry[1] = counts[b - lo].clone() if entry[1] is None else entry[1].add_(counts[b - lo])
+            entry[1] = _clone(counts[b - lo]) if entry[1] is None else _add(entry[1], counts[b - lo])
 
     @staticmethod
     def _scan(fused, flat: torch.Tensor, base: torch.Tensor | None, window: tuple[int, int]
@@ -425,7 +508,7 @@ class MagnitudeSelection:
         `window` (None: more than the kept room lay there)."""
         parts = map_chunks(
             lambda p: fused.high_counts(flat[p], None if base is None else base[p], window),
-            flat.numel(), histogram_part(flat.numel()))
+            _numel(flat), histogram_part(_numel(flat)))
         nears = [near for _, near in parts]
         counts = sum((c for c, _ in parts[1:]), parts[0][0])
         return counts, (None if any(n is None for n in nears) else nears)
@@ -442,16 +525,16 @@ class MagnitudeSelection:
     def _predict(self, flat: torch.Tensor, base: torch.Tensor | None) -> tuple[int, int]:
         """The patterns [lo, hi) of `WINDOW_BINS` high bins around the bin where a strided sample
         of 2^14 values puts the top `top_fraction`."""
-        step = max(1, flat.numel() >> 14)
+        step = max(1, _numel(flat) >> 14)
         sample = flat[::step] if base is None else flat[::step] - base[::step]
-        bits = magnitude_bits(sample.contiguous())
-        rank = min(bits.numel(), max(1, round(self.top_fraction * bits.numel())))
-        predicted = int(torch.kthvalue(bits, bits.numel() - rank + 1).values) >> 16
+        bits = magnitude_bits(sample if _is_numpy(sample) else sample.contiguous())
+        rank = min(_numel(bits), max(1, round(self.top_fraction * _numel(bits))))
+        predicted = _kth_smallest(bits, _numel(bits) - rank + 1) >> 16
         return _bins_around(predicted, WINDOW_BINS)
 
     def _count_kept(self) -> None:
         if self._kept and self._lows is not None:
-            self._early = torch.cat(self._kept)  # `mixed`: counted into the first window too
+            self._early = _cat(self._kept, self._kept[0])  # `mixed`: counted into the first window
         for bits in self._kept or ():
             self._high = _add(self._high, high_histogram(bits, consume=True))
         self._kept = None
@@ -469,8 +552,8 @@ class MagnitudeSelection:
         over the same values is needed (else `add` ignores them)."""
         self._k = k
         if self._kept is not None:  # few values: select directly
-            bits = torch.cat(self._kept)
-            pattern = int(torch.kthvalue(bits.cpu(), bits.numel() - k + 1).values)
+            bits = _cat(self._kept, self._kept[0])
+            pattern = _kth_smallest(bits, _numel(bits) - k + 1)
             greater, equal = int((bits > pattern).sum()), int((bits == pattern).sum())
             self._found = (bits_to_float(pattern), greater, equal)
             return False
@@ -478,7 +561,8 @@ class MagnitudeSelection:
         if self._lows is not None:  # `mixed`
             self._flush()
             since, low = self._lows.get(self._bin[0], (None, None))
-            self._low = None if low is None else low.long()
+            self._low = None if low is None else (
+                low.astype("int64") if _is_numpy(low) else low.long())
             self._lows = self._early = self._near = None
             if since == 0:
                 return False
@@ -487,9 +571,9 @@ class MagnitudeSelection:
         near, self._near = self._near, None
         lo, hi = self._window
         if near is not None and lo <= self._bin[0] << 16 < hi:  # round 1 kept its patterns
-            kept = torch.cat(near) if near else torch.zeros(0, dtype=torch.int32)
+            kept = _cat(near, self._high)
             in_bin = kept[(kept >> 16) == self._bin[0]]
-            self._low = torch.bincount(in_bin & 0xFFFF, minlength=1 << 16)
+            self._low = _bincount(in_bin & 0xFFFF, 1 << 16)
             return False
         self._round_two = True
         return True
@@ -499,7 +583,7 @@ class MagnitudeSelection:
         and how many equal it."""
         if self._found is None:
             high_bin, above = self._bin
-            low = self._low if self._low is not None else torch.zeros(1 << 16, dtype=torch.int64)
+            low = self._low if self._low is not None else _zeros(self._high, 1 << 16, "int64")
             low_bits, greater = bin_of_kth_largest(low, self._k, above)
             self._found = (bits_to_float((high_bin << 16) | low_bits), greater, int(low[low_bits]))
         return self._found
@@ -520,7 +604,9 @@ _scratch = threading.local()  # per thread: a chunk of int32 bit patterns
 
 
 def _add(total: torch.Tensor | None, counts: torch.Tensor) -> torch.Tensor:
-    return counts if total is None else total.add_(counts)
+    if total is not None:
+        total += counts
+    return counts if total is None else total
 
 
 def kth_largest_magnitude(delta: torch.Tensor, k: int) -> tuple[float, int]:
@@ -539,11 +625,11 @@ def magnitude_cut_point(delta: torch.Tensor, k: int) -> tuple[float, int, int]:
     outside the window, `MagnitudeSelection`'s two rounds find it.
     """
     flat = delta.reshape(-1)
-    if flat.numel() > MagnitudeSelection.SMALL and kernels(flat) is None:  # else: two fused passes
+    if _numel(flat) > MagnitudeSelection.SMALL and kernels(flat) is None:  # else: fused passes
         found = _windowed_cut_point(flat, k)
         if found is not None:
             return found
-    selection = MagnitudeSelection(top_fraction=k / flat.numel())
+    selection = MagnitudeSelection(top_fraction=k / _numel(flat))
     selection.add(flat)
     if selection.choose(k):
         selection.add(flat)
@@ -555,9 +641,10 @@ def task_vector_cut_point(tensor: torch.Tensor, base: torch.Tensor, k: int
     """`tensor -= base` in place (the task vector τ), then `magnitude_cut_point(τ, k)`. With the
     fused kernels the subtraction, the first histogram and the prediction of the cut-off are
     one pass, and usually the only one."""
-    if kernels(tensor, base) is None or tensor.numel() <= MagnitudeSelection.SMALL:
-        return magnitude_cut_point(tensor.sub_(base), k)
-    selection = MagnitudeSelection(top_fraction=k / tensor.numel())
+    if kernels(tensor, base) is None or _numel(tensor) <= MagnitudeSelection.SMALL:
+        tensor -= base
+        return magnitude_cut_point(tensor, k)
+    selection = MagnitudeSelection(top_fraction=k / _numel(tensor))
     selection.add_task_vector(tensor, base)
     if selection.choose(k):
         selection.add(tensor)
@@ -608,13 +695,16 @@ def topk_mask(delta: torch.Tensor, k: int) -> torch.Tensor:
 def threshold_mask(delta: torch.Tensor, threshold: float, ties: int) -> tuple[torch.Tensor, int]:
     """|δ| > threshold, plus the first `ties` entries (lowest flat index) equal to it; also
     returns how many equal entries were taken."""
-    mag = flat_magnitudes(delta).float()
+    mag = flat_magnitudes(delta)
     mask = mag > threshold
     taken = 0
     if ties > 0:
-        equal = torch.nonzero(mag == threshold).flatten()[:ties]
+        if _is_numpy(mag):
+            equal = _numpy().flatnonzero(mag == threshold)[:ties]
+        else:
+            equal = torch.nonzero(mag == threshold).flatten()[:ties]
         mask[equal] = True
-        taken = equal.numel()
+        taken = _numel(equal)
     return mask.reshape(delta.shape), taken
 
 
@@ -641,17 +731,19 @@ class MagnitudeCut:
     def nothing(cls) -> MagnitudeCut:
         return cls(float("inf"), 0, 0)
 
-    def ordered(self, dtype: torch.dtype) -> bool:
+    def ordered(self, dtype) -> bool:
         """Whether pieces must be trimmed in flat order (some ties at the cut-off are kept and
-        some not: each piece spends the budget), or may be trimmed in any order (in parallel)."""
-        if dtype != torch.float64 and (self.ties <= 0 or self.threshold == 0):
+        some not: each piece spends the budget), or may be trimmed in any order (in parallel).
+        `dtype`: torch's or numpy's."""
+        dtype = _dtype_name(dtype)
+        if dtype != "float64" and (self.ties <= 0 or self.threshold == 0):
             return False
-        return not (dtype == torch.float32 and self.ties >= self.equal)
+        return not (dtype == "float32" and self.ties >= self.equal)
 
-    def shrink_bound(self, dtype: torch.dtype) -> float:
+    def shrink_bound(self, dtype) -> float:
         """λ such that `hardshrink(δ, λ)` (keeps |δ| > λ) is this cut's trim, for a cut that is
         not `ordered` (every entry equal to the threshold is kept, or none is)."""
-        if dtype != torch.float64 and (self.ties <= 0 or self.threshold == 0):
+        if _dtype_name(dtype) != "float64" and (self.ties <= 0 or self.threshold == 0):
             return self.threshold
         return bits_to_float(float_bits(self.threshold) - 1)  # |δ| ≥ t is |δ| > t⁻
 
@@ -664,7 +756,7 @@ class MagnitudeCut:
         them and return this tensor's own cut, which keeps all of them and needs no order;
         else None (trim it piece by piece in flat order). One counting pass over the merge's
         threads instead of a serial one."""
-        if delta.dtype != torch.float32:
+        if _dtype_name(delta.dtype) != "float32":
             return None
         here = count_equal(delta, self.threshold)
         if here > self.ties:
@@ -675,16 +767,18 @@ class MagnitudeCut:
     def trim_(self, delta: torch.Tensor) -> torch.Tensor:
         """Zero the entries of `delta` (the next piece, in place) that the cut drops."""
         # float64 entries are cut by their float32 magnitudes (as selected): only the mask does
-        if delta.dtype != torch.float64 and (self.ties <= 0 or self.threshold == 0):
-            return torch.hardshrink(delta, self.threshold, out=delta)  # keeps |δ| > t
-        if delta.dtype == torch.float32:
+        dtype = _dtype_name(delta.dtype)
+        if dtype != "float64" and (self.ties <= 0 or self.threshold == 0):
+            return _hardshrink_(delta, self.threshold)  # keeps |δ| > t
+        if dtype == "float32":
             # every equal entry from here on is kept, or at least every one in this piece
             here = 0 if self.ties >= self.equal else _count_equal(delta, self.threshold)
             if here <= self.ties:
-                bound = self.shrink_bound(delta.dtype)  # |δ| ≥ t, from the ties still left
+                bound = self.shrink_bound(dtype)  # |δ| ≥ t, from the ties still left
                 self.ties, self.equal = self.ties - here, self.equal - here
-                return torch.hardshrink(delta, bound, out=delta)
-        return delta.mul_(self.mask(delta))
+                return _hardshrink_(delta, bound)
+        delta *= self.mask(delta)
+        return delta
 
     def mask(self, delta: torch.Tensor) -> torch.Tensor:
         """The keep-mask of the next piece (spends the ties, as `trim_` does)."""
@@ -695,8 +789,18 @@ class MagnitudeCut:
         return mask
 
 
+def _hardshrink_(delta, bound: float):
+    """Zero, in place, the entries with -bound ≤ δ ≤ bound (torch's hardshrink: NaN stays)."""
+    if not _is_numpy(delta):
+        return torch.hardshrink(delta, bound, out=delta)
+    bound = delta.dtype.type(bound)  # as torch casts its λ
+    delta[(delta >= -bound) & (delta <= bound)] = 0
+    return delta
+
+
 def _count_equal(delta: torch.Tensor, threshold: float) -> int:
-    return int((flat_magnitudes(delta).float() == threshold).sum())
+    mag = flat_magnitudes(delta)
+    return int(((mag if _is_numpy(mag) else mag.float()) == threshold).sum())
 
 
 def count_equal(delta: torch.Tensor, threshold: float) -> int:
@@ -705,15 +809,19 @@ def count_equal(delta: torch.Tensor, threshold: float) -> int:
     flat = delta.reshape(-1)
     fused = kernels(flat)
     if fused is None:
-        return sum(map_chunks(lambda p: _count_equal(flat[p], threshold), flat.numel()))
+        return sum(map_chunks(lambda p: _count_equal(flat[p], threshold), _numel(flat)))
     pattern = float_bits(threshold)
-    parts = map_chunks(lambda p: fused.low_counts(flat[p], pattern >> 16), flat.numel(),
-                       histogram_part(flat.numel()))
+    parts = map_chunks(lambda p: fused.low_counts(flat[p], pattern >> 16), _numel(flat),
+                       histogram_part(_numel(flat)))
     return sum(int(counts[pattern & 0xFFFF]) for counts in parts)
 
 
 def float_bits(value: float) -> int:
-    return int(torch.tensor([value], dtype=torch.float32).view(torch.int32))
+    """The int32 bit pattern of `value` rounded to float32 (as a float32 tensor's view)."""
+    try:
+        return struct.unpack("<i", struct.pack("<f", value))[0]
+    except OverflowError:  # beyond float32's range: ±Inf, as the cast gives
+        return struct.unpack("<i", struct.pack("<f", math.copysign(math.inf, value)))[0]
 
 
 def disjoint_mean(deltas: Sequence[torch.Tensor], votes: torch.Tensor,

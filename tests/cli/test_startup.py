@@ -1,6 +1,6 @@
 """`prefkit --help` and `prefkit validate` never import torch (they must start in well under a
-second), nor do linear and task-arithmetic merges on the CPU (numpy arrays, `takes_numpy`); the
-other merge commands import it when they need it."""
+second), nor do linear, task-arithmetic and float32 TIES merges on the CPU (numpy arrays,
+`takes_numpy`); the other merge commands import it when they need it."""
 
 from __future__ import annotations
 
@@ -37,7 +37,9 @@ def test_light_commands_do_not_import_torch(tmp_path, args):
 @pytest.mark.parametrize("method,params,loaded", [
     ("linear", "{weight: 0.5}", "TORCH_NOT_LOADED"),
     ("task_arithmetic", "{weight: 0.5, lambda: 0.8}", "TORCH_NOT_LOADED"),
-    ("ties", "{weight: 1, density: 0.5}", "TORCH_LOADED"),  # the probe sees torch when it is used
+    ("ties", "{weight: 1, density: 0.5}", "TORCH_NOT_LOADED"),
+    # float16 TIES merges torch tensors: the probe sees torch when it is used
+    ("ties", "{weight: 1, density: 0.5}\ndtype: float16", "TORCH_LOADED"),
 ])
 def test_which_merges_import_torch(workdir, method, params, loaded):
     base = "" if method == "linear" else "base_model: zoo/base\n"  # linear would merge it too

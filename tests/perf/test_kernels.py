@@ -233,18 +233,21 @@ def _sorted_cut(pieces, k):
     return threshold, int((mag > threshold).sum()), int((mag == threshold).sum())
 
 
-def _mixed_selection(taus, bases, *, total):
+def _mixed_selection(taus, bases, *, total, numpy: bool = False):
     """A whole task vector's pieces through a `mixed` selection (round 2 over the first `rescan`
-    pieces only, as `plugins/ties.py` does): the result, and `rescan` (-1: no second round)."""
+    pieces only, as `plugins/ties.py` does): the result, and `rescan` (-1: no second round).
+    `numpy`: the pieces as numpy arrays (TIES on numpy)."""
     n = sum(t.numel() for t in taus)
     k = int(0.2 * n)
+    if numpy:
+        taus, bases = [t.numpy() for t in taus], [b.numpy() for b in bases]
     selection = ops.MagnitudeSelection(top_fraction=0.2, mixed=True, total=total)
     for tau, base in zip(taus, bases):
         selection.add_task_vector(tau + base, base)
     if not selection.choose(k):
         return selection.result(), -1
     for tau in taus[:selection.rescan]:
-        selection.add(tau.clone())
+        selection.add(tau.copy() if numpy else tau.clone())
     return selection.result(), selection.rescan
 
 

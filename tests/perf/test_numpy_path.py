@@ -1,10 +1,11 @@
 """Merges on numpy arrays (no torch import) write the same bytes as merges on torch tensors.
 
-Linear and task arithmetic declare `takes_numpy`: on the CPU the executor then reads, converts,
-merges and writes numpy arrays and never imports torch (1-2.5 s of start-up). Every byte must
-equal the torch path's, for every dtype the numpy path takes (bfloat16 only converted), with
-padded heads, slabs, five or more models (whose weight sum torch would regroup) and half-precision
-scalars.
+Linear, task arithmetic and float32 TIES declare `takes_numpy`: on the CPU the executor then
+reads, converts, merges and writes numpy arrays and never imports torch (1-2.5 s of start-up).
+Every byte must equal the torch path's, for every dtype the numpy path takes (bfloat16 only
+converted), with padded heads, slabs, five or more models (whose weight sum torch would
+regroup), half-precision scalars, and TIES's every selection mode: tensors sorted directly,
+fused windows, slabs (`streamed`), whole task vectors (`mixed`), ties at the cut-off.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from prefkit.io.writer import OutTensor, ShardWriter
 from prefkit.plan import resolve
 from prefkit.recipe import load_recipe
 from prefkit.testing.checkpoints import make_zoo
-from tests.helpers import write_recipe
+from tests.helpers import quantized_zoo, write_recipe
 
 MODELS = ("ag_news", "imdb", "mnli", "mrpc")
 
@@ -50,6 +51,11 @@ def zoos(_zoo_cache, tmp_path_factory) -> dict[str, Path]:
     # six fine-tunes: torch's sum of six weights regroups them, `weight_sum` must not
     out["six"] = root / "six"
     make_zoo(out["six"], tasks={f"t{i}": 3 for i in range(6)}, seed=3)
+    # tensors above MagnitudeSelection's SMALL and PREDICT_MIN (a 6000x64 embedding, 64x4096
+    # FFN matrices): TIES's windows, predictions and mixed counts, not only direct sorts
+    out["wide"] = root / "wide"
+    make_zoo(out["wide"], seed=4, vocab=6000, hidden=64, intermediate=4096)
+    out["wide_quantized"] = quantized_zoo(out["wide"], root / "wide_quantized")  # ties at the cut
     return out
 
 
@@ -96,13 +102,31 @@ CASES = {  # id: (method, zoo, parameters, extra recipe lines)
     "ta_bf16_in_f32_out_bf16": ("task_arithmetic", "bfloat16", "{weight: 0.45, lambda: 0.9}",
                                 "dtype: float32\nout_dtype: bfloat16\n"),
     "ta_six": ("task_arithmetic", "six", "{weight: 0.37, normalize: true}", ""),
+    "ties": ("ties", "float32", "{weight: 1, density: 0.3}", ""),
+    "ties_count_nonorm": ("ties", "float32", "{weight: 0.8, density: 0.5, consensus: count, "
+                          "normalize: false}", ""),
+    "ties_global": ("ties", "float32", "{weight: 1, density: 0.2, trim: global, lambda: 0.9}", ""),
+    "ties_rescale": ("ties", "float32", "{weight: 1, density: 0.4, rescale: true}", ""),
+    "ties_extremes": ("ties", "float32", "{weight: 1, density: [{filter: mlp, value: 0}, "
+                      "{filter: embed, value: 1}, {value: 0.1}]}", ""),
+    "ties_bf16_in_f32": ("ties", "bfloat16", "{weight: 1, density: 0.3}",
+                         "dtype: float32\nout_dtype: bfloat16\n"),
+    "ties_wide": ("ties", "wide", "{weight: 0.8, density: 0.2}", ""),
+    "ties_wide_global": ("ties", "wide", "{weight: 1, density: 0.2, trim: global}", ""),
+    "ties_wide_global_rescale": ("ties", "wide", "{weight: 1, density: 0.3, trim: global, "
+                                 "rescale: true}", ""),
+    "ties_wide_quantized": ("ties", "wide_quantized", "{weight: 1, density: 0.3}", ""),
+    "ties_wide_quantized_global": ("ties", "wide_quantized", "{weight: 1, density: 0.25, "
+                                   "trim: global}", ""),
 }
 
 
-@pytest.mark.parametrize("budget", [None, 1], ids=["whole", "slabs"])
+@pytest.mark.parametrize("slabs", [False, True], ids=["whole", "slabs"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_numpy_merge_writes_the_torch_bytes(case, budget, zoos, tmp_path, registry, monkeypatch):
+def test_numpy_merge_writes_the_torch_bytes(case, slabs, zoos, tmp_path, registry, monkeypatch):
     method, zoo, params, extra = CASES[case]
+    # slabs: every tensor of two rows or more cut (the wide zoo: the large ones, in a few slabs)
+    budget = None if not slabs else 1 if not zoo.startswith("wide") else 1 << 20
     models = [f"t{i}" for i in range(6)] if zoo == "six" else MODELS
     text = _recipe(method, zoos[zoo], params, extra, models)
     on_numpy = _merge(tmp_path, text, registry, "numpy", monkeypatch, numpy=True, budget=budget)
@@ -123,9 +147,11 @@ def test_which_merges_run_on_numpy(zoo, extra, expected, zoos, tmp_path, registr
     text = _recipe("linear", zoos[zoo], "{weight: 1}", extra)
     plan = resolve(load_recipe(write_recipe(tmp_path, text)), registry, tmp_path / "out")
     assert executor.numpy_merge(plan) is expected
-    ties = _recipe("ties", zoos["float32"], "{weight: 1, density: 0.5}")
-    plan = resolve(load_recipe(write_recipe(tmp_path, ties, "t.yaml")), registry, tmp_path / "t")
-    assert executor.numpy_merge(plan) is False  # TIES merges torch tensors
+    for dtype, on_numpy in (("float32", True), ("float16", False), ("float64", False)):
+        # TIES takes numpy arrays only in float32, the dtype of its C loops
+        ties = _recipe("ties", zoos["float32"], "{weight: 1, density: 0.5}", f"dtype: {dtype}\n")
+        plan = resolve(load_recipe(write_recipe(tmp_path, ties, "t.yaml")), registry, tmp_path / "t")
+        assert executor.numpy_merge(plan) is on_numpy
 
 
 def test_pickle_inputs_keep_torch(zoos, tmp_path, registry):
@@ -274,12 +300,75 @@ def test_writer_takes_numpy_arrays_with_their_dtype(tmp_path):
 
 def test_linear_keeps_torch_without_the_c_extension(zoos, tmp_path, registry, monkeypatch):
     """numpy has no fused multiply-add: without the C loop, linear would not give addcmul_'s
-    bits, so it merges torch tensors (task arithmetic needs no fusing and stays on numpy)."""
+    bits, so it merges torch tensors; TIES's float32 work is C loops too (and its eager path is
+    torch's). Task arithmetic needs neither and stays on numpy. `PREFKIT_KERNELS=torch` too."""
     import prefkit.clib
 
-    monkeypatch.setattr(prefkit.clib, "library", lambda: None)
-    for method, expected in (("linear", False), ("task_arithmetic", True)):
-        text = _recipe(method, zoos["float32"], "{weight: 0.5}")
-        plan = resolve(load_recipe(write_recipe(tmp_path, text, f"{method}.yaml")), registry,
+    def plan_of(method):
+        params = "{weight: 0.5, density: 0.5}" if method == "ties" else "{weight: 0.5}"
+        text = _recipe(method, zoos["float32"], params)
+        return resolve(load_recipe(write_recipe(tmp_path, text, f"{method}.yaml")), registry,
                        tmp_path / method)
-        assert executor.numpy_merge(plan) is expected
+
+    assert executor.numpy_merge(plan_of("ties")) is True
+    monkeypatch.setenv("PREFKIT_KERNELS", "torch")  # the eager path asked for: torch's
+    assert executor.numpy_merge(plan_of("ties")) is False
+    monkeypatch.delenv("PREFKIT_KERNELS")
+    monkeypatch.setattr(prefkit.clib, "library", lambda: None)
+    for method, expected in (("linear", False), ("task_arithmetic", True), ("ties", False)):
+        assert executor.numpy_merge(plan_of(method)) is expected
+
+
+# TIES's exact selection on numpy arrays: the same answers as on torch tensors, on every path
+
+
+@pytest.mark.parametrize("density", [1e-5, 0.2, 0.5, 0.97])
+def test_cut_points_on_numpy_equal_a_sort(density):
+    from tests.perf.test_selection import _reference, _tensors
+
+    for name, delta in _tensors():
+        if delta.dtype != torch.float32:
+            continue  # TIES takes numpy arrays in float32 only
+        k = max(1, int(density * delta.numel()))
+        want = _reference(delta, k)
+        assert ops.magnitude_cut_point(delta.numpy().copy(), k) == want, name
+        base = np.linspace(-1, 1, delta.numel(), dtype=np.float32)
+        tau = (delta.numpy() + base) - base
+        assert ops.task_vector_cut_point(tau + base, base, k) == _reference(torch.from_numpy(tau), k)
+
+
+def test_mixed_selections_on_numpy_equal_torch(monkeypatch):
+    """A whole task vector's pieces (`mixed`): a loud head first, a late piece that moves the
+    cut-off, a piece crowding the window: the same cut-offs and second rounds as on torch."""
+    from tests.perf import test_kernels as kernels_tests
+
+    monkeypatch.delenv("PREFKIT_KERNELS", raising=False)
+    g = torch.Generator().manual_seed(8)
+    late = kernels_tests._task_vectors(g, [1 << 18] * 6 + [1 << 20], [1e-3] * 6 + [1.0])
+    head = kernels_tests._loud_head_first(7)
+    for (taus, bases), total in ((head, sum(t.numel() for t in head[0])), (head, None),
+                                 (late, (6 << 18) + (1 << 20))):
+        on_torch = kernels_tests._mixed_selection(taus, bases, total=total)
+        assert kernels_tests._mixed_selection(taus, bases, total=total, numpy=True) == on_torch
+        assert on_torch[0] == kernels_tests._sorted_cut(taus, int(0.2 * sum(t.numel() for t in taus)))
+
+
+def test_split_off_and_ordered_trims_on_numpy():
+    """An ordered cut (3 of 5 tied entries kept) over numpy pieces spends its ties as on torch."""
+    pieces = [torch.tensor([0.5, -0.25, 0.25, 0.125]), torch.tensor([0.25, 0.0, -0.25, 0.375]),
+              torch.tensor([0.25, 0.875])]
+    results = []
+    for library in ("torch", "numpy"):
+        cut = ops.MagnitudeCut(0.25, 3, 5)
+        kept = []
+        for piece in pieces:
+            piece = piece.clone() if library == "torch" else piece.numpy().copy()
+            own = cut.split_off(piece)
+            (own or cut).trim_(piece)
+            kept.append(np.asarray(piece).tolist())
+        results.append((kept, cut.ties, cut.equal))
+    assert results[0] == results[1]
+    # the first piece takes two ties (split off), the second the last one (in flat order; the
+    # dropped tie is multiplied by the mask: -0.0), the third none
+    assert results[1][:2] == ([[0.5, -0.25, 0.25, 0.0], [0.25, 0.0, -0.0, 0.375], [0.0, 0.875]], 0)
+    assert str(results[1][0][1][2]) == "-0.0"
