@@ -11,6 +11,8 @@ Arithmetic in numpy is therefore only in float16/32/64 (`COMPUTABLE`).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from prefkit.io.checkpoint import ITEMSIZE
@@ -28,7 +30,7 @@ BF16_NAN = 0x7FC0  # torch's scalar conversion writes this quiet NaN for every N
 
 def view(buffer: np.ndarray, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     """The first bytes of the uint8 `buffer` as a `dtype` array of `shape`."""
-    nbytes = ITEMSIZE[dtype] * _numel(shape)
+    nbytes = ITEMSIZE[dtype] * math.prod(shape)
     return buffer[:nbytes].view(STORAGE[dtype]).reshape(shape)
 
 
@@ -91,10 +93,3 @@ def nonfinite(array: np.ndarray, dtype: str) -> int:
         if np.isfinite(array.sum(dtype=np.float64 if dtype == "float64" else np.float32)):
             return 0
     return int(array.size - np.count_nonzero(np.isfinite(array)))
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

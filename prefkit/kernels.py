@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 
 from prefkit.clib import load
+from prefkit.tensorlike import address, clone, numel, zeros
 
 _lib = load()  # ImportError when not built: `prefkit.ops.kernels()` then takes the eager path
 
@@ -36,45 +37,21 @@ def high_counts(values, base=None, window: tuple[int, int] = (0, 0)):
     patterns in `window` = [lo, hi) (None when more than 1/KEPT_ROOM of the values lay there).
     With `base`, `values -= base` first, in place, in the same pass."""
     lo, hi = window
-    n = _numel(values)
+    n = numel(values)
     room = n // KEPT_ROOM if hi > lo else 0
-    counts = _zeros(values, 1 << 15, "int64")
-    kept = _zeros(values, room + 1, "int32", empty=True)  # + 1: the sink for what does not fit
-    met = _lib.prefkit_high_counts(_address(values), None if base is None else _address(base),
-                                   n, lo, hi, _address(counts), _address(kept), room)
-    return counts, ((kept[:met].copy() if _numpy(kept) else kept[:met].clone()) if met <= room
-                    else None)
+    counts = zeros(values, 1 << 15, "int64")
+    kept = zeros(values, room + 1, "int32", empty=True)  # + 1: the sink for what does not fit
+    met = _lib.prefkit_high_counts(address(values), None if base is None else address(base),
+                                   n, lo, hi, address(counts), address(kept), room)
+    return counts, (clone(kept[:met]) if met <= room else None)
 
 
 def low_counts(values, high_bin: int):
     """Counts of the 2^16 low-bit values of the patterns of |values| in bin `high_bin` (as
     `ops.low_histogram` counts them, without a pass that forms the patterns first)."""
-    counts = _zeros(values, 1 << 16, "int64")
-    _lib.prefkit_low_counts(_address(values), _numel(values), high_bin, _address(counts))
+    counts = zeros(values, 1 << 16, "int64")
+    _lib.prefkit_low_counts(address(values), numel(values), high_bin, address(counts))
     return counts
-
-
-def _numpy(array) -> bool:
-    return type(array).__module__ == "numpy"
-
-
-def _numel(array) -> int:
-    return array.size if _numpy(array) else array.numel()
-
-
-def _address(array) -> int:
-    return array.ctypes.data if _numpy(array) else array.data_ptr()
-
-
-def _zeros(like, n: int, dtype: str, empty: bool = False):
-    """n zeros (or uninitialised) of `dtype`, in `like`'s library."""
-    if _numpy(like):
-        import numpy as np
-
-        return (np.empty if empty else np.zeros)(n, dtype)
-    import torch
-
-    return (torch.empty if empty else torch.zeros)(n, dtype=getattr(torch, dtype))
 
 
 class TiesChunk:
@@ -94,8 +71,8 @@ class TiesChunk:
     def __call__(self, deltas: list, base, out) -> None:
         """Merge one chunk: `deltas` (flat contiguous float32 task vectors, left as they are),
         `base`, into `out` (may be `deltas[0]`)."""
-        pointers = (ctypes.c_void_p * self.models)(*(_address(d) for d in deltas))
-        if _lib.prefkit_ties_merge(pointers, self.models, _numel(base), self.bounds, self.ratios,
+        pointers = (ctypes.c_void_p * self.models)(*(address(d) for d in deltas))
+        if _lib.prefkit_ties_merge(pointers, self.models, numel(base), self.bounds, self.ratios,
                                    self.weights, self.count, self.normalize, self.lambda_,
-                                   _address(base), _address(out)):
+                                   address(base), address(out)):
             raise MemoryError("prefkit_ties_merge: no memory for its scratch")

@@ -14,6 +14,8 @@ from typing import Any
 
 import lazy_loader
 
+from prefkit.tensorlike import clone, dtype_name, is_numpy, numel, zeros
+
 # torch is imported on first use, so `prefkit --help` and `validate` start fast.
 torch = lazy_loader.load("torch")
 
@@ -31,7 +33,7 @@ def task_vectors_(tensors: Sequence[torch.Tensor], base: torch.Tensor) -> list[t
 
 def accumulator(like: torch.Tensor) -> torch.Tensor:
     """A zeroed sum buffer: float32 for half dtypes (as torch's own sum accumulates), else alike."""
-    if _is_numpy(like):
+    if is_numpy(like):
         np = _numpy()
         return np.zeros(like.shape, np.float32 if like.dtype == np.float16 else like.dtype)
     dtype = torch.float32 if like.dtype in (torch.float16, torch.bfloat16) else like.dtype
@@ -40,7 +42,7 @@ def accumulator(like: torch.Tensor) -> torch.Tensor:
 
 def scale_(tensor: torch.Tensor, weight: float) -> torch.Tensor:
     """Multiply in place by `weight` rounded to the tensor's dtype (as a weight tensor would be)."""
-    if _is_numpy(tensor):
+    if is_numpy(tensor):
         tensor *= tensor.dtype.type(weight)
         return tensor
     return tensor.mul_(torch.tensor(weight, dtype=tensor.dtype))
@@ -49,7 +51,7 @@ def scale_(tensor: torch.Tensor, weight: float) -> torch.Tensor:
 def mul_scalar_(tensor: torch.Tensor, value: float) -> torch.Tensor:
     """tensor *= value, a Python float: as torch computes it, in float32 for half dtypes (the
     value is not first rounded to the tensor's dtype) and rounded once to it."""
-    if _is_numpy(tensor):
+    if is_numpy(tensor):
         np = _numpy()
         wide = np.float32 if tensor.dtype == np.float16 else tensor.dtype.type
         np.multiply(tensor, wide(value), out=tensor, casting="same_kind")
@@ -61,7 +63,7 @@ def add_product_(acc: torch.Tensor, x: torch.Tensor, weight: float) -> torch.Ten
     """acc += x · weight in one rounding (fused, as torch's `addcmul_`, which mergekit's linear
     uses), with x cast and `weight` rounded to acc's float32 or float64. numpy has no fused
     multiply-add: numpy arrays take the C extension's loop (`fused_multiply_add()`)."""
-    if not _is_numpy(acc):
+    if not is_numpy(acc):
         return acc.addcmul_(x, torch.tensor(weight, dtype=acc.dtype))
     np = _numpy()
     x = np.ascontiguousarray(x, dtype=acc.dtype)
@@ -86,14 +88,14 @@ def fused_multiply_add(dtype: str = "float32"):
 
 def round_to(value: float, like: torch.Tensor) -> float:
     """`value` rounded to `like`'s dtype, as a weight tensor of that dtype would hold it."""
-    if _is_numpy(like):
+    if is_numpy(like):
         return float(like.dtype.type(value))
     return float(torch.tensor(value, dtype=like.dtype))
 
 
 def cast_like(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """`x` in `like`'s dtype (itself if it is already)."""
-    if _is_numpy(x):
+    if is_numpy(x):
         return x.astype(like.dtype, copy=False)
     return x.to(like.dtype)
 
@@ -102,7 +104,7 @@ def weight_sum(weights: Sequence[float], like: torch.Tensor):
     """Σ weights as torch sums a `like`-dtype tensor of them (each weight rounded to the dtype,
     added in float32 for half dtypes and rounded back), but always in order: torch's own sum
     regroups five or more. A 0-dim tensor, or a numpy scalar for a numpy `like`."""
-    if _is_numpy(like):
+    if is_numpy(like):
         np = _numpy()
         wide = np.float32 if like.dtype == np.float16 else like.dtype.type
         total = wide(0)
@@ -116,10 +118,6 @@ def weight_sum(weights: Sequence[float], like: torch.Tensor):
     return total.to(device=like.device, dtype=like.dtype)
 
 
-def _is_numpy(array) -> bool:
-    return type(array).__module__ == "numpy"
-
-
 def _numpy():
     import numpy
 
@@ -129,44 +127,25 @@ def _numpy():
 # What the exact selection and the TIES cut need of either library (numpy: TIES on numpy).
 
 
-def _numel(x) -> int:
-    return x.size if _is_numpy(x) else x.numel()
-
-
-def _clone(x):
-    return x.copy() if _is_numpy(x) else x.clone()
-
-
 def _cat(parts: list, like):
     """The parts end to end, in `like`'s library (int32 when there are none)."""
-    if _is_numpy(like):
+    if is_numpy(like):
         np = _numpy()
         return np.concatenate(parts) if parts else np.zeros(0, np.int32)
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int32)
 
 
 def _bincount(values, minlength: int):
-    if _is_numpy(values):
+    if is_numpy(values):
         return _numpy().bincount(values, minlength=minlength)
     return torch.bincount(values, minlength=minlength)
 
 
 def _kth_smallest(values, k: int) -> int:
     """The k-th smallest (1-based) of integer `values`."""
-    if _is_numpy(values):
+    if is_numpy(values):
         return int(_numpy().partition(values, k - 1)[k - 1])
     return int(torch.kthvalue(values.cpu(), k).values)
-
-
-def _zeros(like, n: int, dtype: str):
-    if _is_numpy(like):
-        return _numpy().zeros(n, dtype)
-    return torch.zeros(n, dtype=getattr(torch, dtype))
-
-
-def _dtype_name(dtype) -> str:
-    """"float32" for torch.float32 or numpy's float32 alike."""
-    return str(dtype).removeprefix("torch.")
 
 
 def kernels_enabled() -> bool:
@@ -178,7 +157,7 @@ def kernels_enabled() -> bool:
 
 def flat_magnitudes(delta: torch.Tensor) -> torch.Tensor:
     """|δ| flattened, in float32 (float64 stays float64) so selection is exact for half dtypes."""
-    if _is_numpy(delta):  # float32 (TIES merges numpy arrays only then)
+    if is_numpy(delta):  # float32 (TIES merges numpy arrays only then)
         return _numpy().abs(delta).reshape(-1)
     mag = delta.abs().reshape(-1)
     return mag if mag.dtype == torch.float64 else mag.float()
@@ -187,7 +166,7 @@ def flat_magnitudes(delta: torch.Tensor) -> torch.Tensor:
 def magnitude_bits(delta: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """|δ| as float32 bit patterns (int32, flat; into `out` when given): for non-negative floats,
     integer order = value order, so exact selection can count bits instead of sorting."""
-    if _is_numpy(delta):  # float32 (TIES merges numpy arrays only then)
+    if is_numpy(delta):  # float32 (TIES merges numpy arrays only then)
         np = _numpy()
         bits = np.ascontiguousarray(delta, dtype=np.float32).reshape(-1).view(np.int32)
         return np.bitwise_and(bits, 0x7FFFFFFF, out=out)
@@ -203,11 +182,11 @@ def kernels(*tensors: torch.Tensor):
     `torch`; else None (use the eager torch path)."""
     if os.environ.get("PREFKIT_KERNELS") == "torch":
         return None
-    if all(_is_numpy(t) for t in tensors):
+    if all(is_numpy(t) for t in tensors):
         np = _numpy()
         if not all(t.dtype == np.float32 and t.flags.c_contiguous for t in tensors):
             return None
-    elif not all(not _is_numpy(t) and t.dtype == torch.float32 and t.device.type == "cpu"
+    elif not all(not is_numpy(t) and t.dtype == torch.float32 and t.device.type == "cpu"
                  and t.is_contiguous() for t in tensors):
         return None
     try:
@@ -236,7 +215,7 @@ def histogram_part(n: int) -> int:
 def high_histogram(bits: torch.Tensor, *, consume: bool = False) -> torch.Tensor:
     """Counts of the 2^15 high-bit bins of non-negative float32 bit patterns (`consume`: shift
     `bits`, a scratch buffer, in place instead of allocating)."""
-    if _is_numpy(bits):
+    if is_numpy(bits):
         high = _numpy().right_shift(bits, 16, out=bits) if consume else bits >> 16
     else:
         high = bits.bitwise_right_shift_(16) if consume else bits >> 16
@@ -257,7 +236,7 @@ def bin_of_kth_largest(histogram: torch.Tensor, k: int, above: int = 0) -> tuple
 
     `above` counts entries in higher bins already (for the second round of a radix select).
     """
-    if _is_numpy(histogram):
+    if is_numpy(histogram):
         np = _numpy()
         from_top = np.flip(histogram).cumsum() + above
         index = int(np.searchsorted(from_top, k))
@@ -265,7 +244,7 @@ def bin_of_kth_largest(histogram: torch.Tensor, k: int, above: int = 0) -> tuple
         from_top = torch.flip(histogram, [0]).cumsum(0) + above
         index = int(torch.searchsorted(from_top, k))
     greater = int(from_top[index - 1]) if index > 0 else above
-    return _numel(histogram) - 1 - index, greater
+    return numel(histogram) - 1 - index, greater
 
 
 def bits_to_float(pattern: int) -> float:
@@ -383,7 +362,7 @@ class MagnitudeSelection:
         fused kernels, the subtraction and the counting are one pass."""
         round_one = self._bin is None and self._found is None
         fused = kernels(tensor, base)
-        if fused is None or not round_one or self.count + _numel(tensor) <= self.SMALL:
+        if fused is None or not round_one or self.count + numel(tensor) <= self.SMALL:
             tensor -= base
             self.add(tensor)
         else:
@@ -393,9 +372,9 @@ class MagnitudeSelection:
         """`add`; `base` (round 1 with the kernels only): subtract it from `flat` first."""
         self._pieces += 1
         if self._bin is None and self._found is None:  # round 1
-            self.count += _numel(flat)
+            self.count += numel(flat)
             if self._kept is not None and self.count <= self.SMALL:
-                self._kept.append(_clone(magnitude_bits(flat)))
+                self._kept.append(clone(magnitude_bits(flat)))
                 return
             self._count_kept()
             fused = kernels(flat)
@@ -407,23 +386,23 @@ class MagnitudeSelection:
                 return
             self._near = self._lows = None
             for counts in map_chunks(lambda p: high_histogram(self._bits(flat[p]), consume=True),
-                                     _numel(flat)):
+                                     numel(flat)):
                 self._high = _add(self._high, counts)
         elif self._round_two and (self.rescan is None or self._pieces <= self.rescan):
             high_bin = self._bin[0]
             fused = kernels(flat)
             if fused is not None:
-                parts = map_chunks(lambda p: fused.low_counts(flat[p], high_bin), _numel(flat),
-                                   histogram_part(_numel(flat)))
+                parts = map_chunks(lambda p: fused.low_counts(flat[p], high_bin), numel(flat),
+                                   histogram_part(numel(flat)))
             else:
                 parts = map_chunks(lambda p: low_histogram(self._bits(flat[p]), high_bin,
-                                                           consume=True), _numel(flat))
+                                                           consume=True), numel(flat))
             for counts in parts:
                 self._low = _add(self._low, counts)
 
     def _count_fused(self, fused, flat: torch.Tensor, base: torch.Tensor | None) -> None:
         if self._window == (0, 0) and self._near is not None:
-            if self.top_fraction is None or _numel(flat) < (self.SMALL if self.streamed
+            if self.top_fraction is None or numel(flat) < (self.SMALL if self.streamed
                                                              else PREDICT_MIN):
                 self._near = None  # nothing to predict from: two rounds
             elif self.streamed:  # this piece's own cut-off, counted exactly, then kept around
@@ -454,21 +433,21 @@ class MagnitudeSelection:
             self._early = None
         counts, near = self._scan(fused, flat, base, self._window)
         fresh, values = self._fresh
-        self._fresh = (_clone(counts) if fresh is None else _add(fresh, counts)), values + _numel(flat)
+        self._fresh = (clone(counts) if fresh is None else _add(fresh, counts)), values + numel(flat)
         self._high = _add(self._high, counts)
         if near is None:  # too many to keep: the window's counts start after this piece
             self._near = []
             self._lows = {b: [piece + 1, None] for b in self._lows}
             return
         self._near.extend(near)
-        if sum(_numel(n) for n in self._near) >= MIXED_FLUSH:
+        if sum(numel(n) for n in self._near) >= MIXED_FLUSH:
             self._flush()
 
     def _follow(self, flat: torch.Tensor, base: torch.Tensor | None) -> tuple[int, int]:
         """`mixed`: the window for this piece. The first one around the sample's prediction;
         once PREDICT_MIN values are counted, moved (only) when the predicted cut-off comes within
         a bin of its edge."""
-        counted = self.count - _numel(flat)
+        counted = self.count - numel(flat)
         if self._window == (0, 0):
             return self._predict(flat, base)
         fresh, latest = self._fresh
@@ -478,7 +457,7 @@ class MagnitudeSelection:
         expected = self._high
         if self.total is not None and self.total > counted:  # the rest, like the latest pieces
             scale = (self.total - counted) / latest
-            expected = (fresh.astype("float64") * scale + self._high if _is_numpy(fresh)
+            expected = (fresh.astype("float64") * scale + self._high if is_numpy(fresh)
                         else fresh.double().mul_(scale).add_(self._high))
         centre = self._centre(expected)
         lo, hi = _bins_of(self._window)
@@ -496,10 +475,10 @@ class MagnitudeSelection:
         # int32 (half the memory) while no count can overflow it: fewer than 2^31 values
         wide = self.total is None or self.total >= 1 << 31
         if not wide:
-            counts = counts.astype("int32") if _is_numpy(counts) else counts.to(torch.int32)
+            counts = counts.astype("int32") if is_numpy(counts) else counts.to(torch.int32)
         for b in range(lo, hi):
             entry = self._lows[b]
-            entry[1] = _clone(counts[b - lo]) if entry[1] is None else _add(entry[1], counts[b - lo])
+            entry[1] = clone(counts[b - lo]) if entry[1] is None else _add(entry[1], counts[b - lo])
 
     @staticmethod
     def _scan(fused, flat: torch.Tensor, base: torch.Tensor | None, window: tuple[int, int]
@@ -508,7 +487,7 @@ class MagnitudeSelection:
         `window` (None: more than the kept room lay there)."""
         parts = map_chunks(
             lambda p: fused.high_counts(flat[p], None if base is None else base[p], window),
-            _numel(flat), histogram_part(_numel(flat)))
+            numel(flat), histogram_part(numel(flat)))
         nears = [near for _, near in parts]
         counts = sum((c for c, _ in parts[1:]), parts[0][0])
         return counts, (None if any(n is None for n in nears) else nears)
@@ -525,11 +504,11 @@ class MagnitudeSelection:
     def _predict(self, flat: torch.Tensor, base: torch.Tensor | None) -> tuple[int, int]:
         """The patterns [lo, hi) of `WINDOW_BINS` high bins around the bin where a strided sample
         of 2^14 values puts the top `top_fraction`."""
-        step = max(1, _numel(flat) >> 14)
+        step = max(1, numel(flat) >> 14)
         sample = flat[::step] if base is None else flat[::step] - base[::step]
-        bits = magnitude_bits(sample if _is_numpy(sample) else sample.contiguous())
-        rank = min(_numel(bits), max(1, round(self.top_fraction * _numel(bits))))
-        predicted = _kth_smallest(bits, _numel(bits) - rank + 1) >> 16
+        bits = magnitude_bits(sample if is_numpy(sample) else sample.contiguous())
+        rank = min(numel(bits), max(1, round(self.top_fraction * numel(bits))))
+        predicted = _kth_smallest(bits, numel(bits) - rank + 1) >> 16
         return _bins_around(predicted, WINDOW_BINS)
 
     def _count_kept(self) -> None:
@@ -553,7 +532,7 @@ class MagnitudeSelection:
         self._k = k
         if self._kept is not None:  # few values: select directly
             bits = _cat(self._kept, self._kept[0])
-            pattern = _kth_smallest(bits, _numel(bits) - k + 1)
+            pattern = _kth_smallest(bits, numel(bits) - k + 1)
             greater, equal = int((bits > pattern).sum()), int((bits == pattern).sum())
             self._found = (bits_to_float(pattern), greater, equal)
             return False
@@ -562,7 +541,7 @@ class MagnitudeSelection:
             self._flush()
             since, low = self._lows.get(self._bin[0], (None, None))
             self._low = None if low is None else (
-                low.astype("int64") if _is_numpy(low) else low.long())
+                low.astype("int64") if is_numpy(low) else low.long())
             self._lows = self._early = self._near = None
             if since == 0:
                 return False
@@ -583,7 +562,7 @@ class MagnitudeSelection:
         and how many equal it."""
         if self._found is None:
             high_bin, above = self._bin
-            low = self._low if self._low is not None else _zeros(self._high, 1 << 16, "int64")
+            low = self._low if self._low is not None else zeros(self._high, 1 << 16, "int64")
             low_bits, greater = bin_of_kth_largest(low, self._k, above)
             self._found = (bits_to_float((high_bin << 16) | low_bits), greater, int(low[low_bits]))
         return self._found
@@ -625,11 +604,11 @@ def magnitude_cut_point(delta: torch.Tensor, k: int) -> tuple[float, int, int]:
     outside the window, `MagnitudeSelection`'s two rounds find it.
     """
     flat = delta.reshape(-1)
-    if _numel(flat) > MagnitudeSelection.SMALL and kernels(flat) is None:  # else: fused passes
+    if numel(flat) > MagnitudeSelection.SMALL and kernels(flat) is None:  # else: fused passes
         found = _windowed_cut_point(flat, k)
         if found is not None:
             return found
-    selection = MagnitudeSelection(top_fraction=k / _numel(flat))
+    selection = MagnitudeSelection(top_fraction=k / numel(flat))
     selection.add(flat)
     if selection.choose(k):
         selection.add(flat)
@@ -641,10 +620,10 @@ def task_vector_cut_point(tensor: torch.Tensor, base: torch.Tensor, k: int
     """`tensor -= base` in place (the task vector τ), then `magnitude_cut_point(τ, k)`. With the
     fused kernels the subtraction, the first histogram and the prediction of the cut-off are
     one pass, and usually the only one."""
-    if kernels(tensor, base) is None or _numel(tensor) <= MagnitudeSelection.SMALL:
+    if kernels(tensor, base) is None or numel(tensor) <= MagnitudeSelection.SMALL:
         tensor -= base
         return magnitude_cut_point(tensor, k)
-    selection = MagnitudeSelection(top_fraction=k / _numel(tensor))
+    selection = MagnitudeSelection(top_fraction=k / numel(tensor))
     selection.add_task_vector(tensor, base)
     if selection.choose(k):
         selection.add(tensor)
@@ -699,12 +678,12 @@ def threshold_mask(delta: torch.Tensor, threshold: float, ties: int) -> tuple[to
     mask = mag > threshold
     taken = 0
     if ties > 0:
-        if _is_numpy(mag):
+        if is_numpy(mag):
             equal = _numpy().flatnonzero(mag == threshold)[:ties]
         else:
             equal = torch.nonzero(mag == threshold).flatten()[:ties]
         mask[equal] = True
-        taken = _numel(equal)
+        taken = numel(equal)
     return mask.reshape(delta.shape), taken
 
 
@@ -735,7 +714,7 @@ class MagnitudeCut:
         """Whether pieces must be trimmed in flat order (some ties at the cut-off are kept and
         some not: each piece spends the budget), or may be trimmed in any order (in parallel).
         `dtype`: torch's or numpy's."""
-        dtype = _dtype_name(dtype)
+        dtype = dtype_name(dtype)
         if dtype != "float64" and (self.ties <= 0 or self.threshold == 0):
             return False
         return not (dtype == "float32" and self.ties >= self.equal)
@@ -743,7 +722,7 @@ class MagnitudeCut:
     def shrink_bound(self, dtype) -> float:
         """λ such that `hardshrink(δ, λ)` (keeps |δ| > λ) is this cut's trim, for a cut that is
         not `ordered` (every entry equal to the threshold is kept, or none is)."""
-        if _dtype_name(dtype) != "float64" and (self.ties <= 0 or self.threshold == 0):
+        if dtype_name(dtype) != "float64" and (self.ties <= 0 or self.threshold == 0):
             return self.threshold
         return bits_to_float(float_bits(self.threshold) - 1)  # |δ| ≥ t is |δ| > t⁻
 
@@ -756,7 +735,7 @@ class MagnitudeCut:
         them and return this tensor's own cut, which keeps all of them and needs no order;
         else None (trim it piece by piece in flat order). One counting pass over the merge's
         threads instead of a serial one."""
-        if _dtype_name(delta.dtype) != "float32":
+        if dtype_name(delta.dtype) != "float32":
             return None
         here = count_equal(delta, self.threshold)
         if here > self.ties:
@@ -767,7 +746,7 @@ class MagnitudeCut:
     def trim_(self, delta: torch.Tensor) -> torch.Tensor:
         """Zero the entries of `delta` (the next piece, in place) that the cut drops."""
         # float64 entries are cut by their float32 magnitudes (as selected): only the mask does
-        dtype = _dtype_name(delta.dtype)
+        dtype = dtype_name(delta.dtype)
         if dtype != "float64" and (self.ties <= 0 or self.threshold == 0):
             return _hardshrink_(delta, self.threshold)  # keeps |δ| > t
         if dtype == "float32":
@@ -791,7 +770,7 @@ class MagnitudeCut:
 
 def _hardshrink_(delta, bound: float):
     """Zero, in place, the entries with -bound ≤ δ ≤ bound (torch's hardshrink: NaN stays)."""
-    if not _is_numpy(delta):
+    if not is_numpy(delta):
         return torch.hardshrink(delta, bound, out=delta)
     bound = delta.dtype.type(bound)  # as torch casts its λ
     delta[(delta >= -bound) & (delta <= bound)] = 0
@@ -800,7 +779,7 @@ def _hardshrink_(delta, bound: float):
 
 def _count_equal(delta: torch.Tensor, threshold: float) -> int:
     mag = flat_magnitudes(delta)
-    return int(((mag if _is_numpy(mag) else mag.float()) == threshold).sum())
+    return int(((mag if is_numpy(mag) else mag.float()) == threshold).sum())
 
 
 def count_equal(delta: torch.Tensor, threshold: float) -> int:
@@ -809,10 +788,10 @@ def count_equal(delta: torch.Tensor, threshold: float) -> int:
     flat = delta.reshape(-1)
     fused = kernels(flat)
     if fused is None:
-        return sum(map_chunks(lambda p: _count_equal(flat[p], threshold), _numel(flat)))
+        return sum(map_chunks(lambda p: _count_equal(flat[p], threshold), numel(flat)))
     pattern = float_bits(threshold)
-    parts = map_chunks(lambda p: fused.low_counts(flat[p], pattern >> 16), _numel(flat),
-                       histogram_part(_numel(flat)))
+    parts = map_chunks(lambda p: fused.low_counts(flat[p], pattern >> 16), numel(flat),
+                       histogram_part(numel(flat)))
     return sum(int(counts[pattern & 0xFFFF]) for counts in parts)
 
 

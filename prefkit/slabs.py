@@ -28,6 +28,7 @@ from prefkit.errors import MergeError
 from prefkit.io.checkpoint import ITEMSIZE, TensorMeta, TensorReader
 from prefkit.memory import HeapTrimmer
 from prefkit.plan import TensorPlan
+from prefkit.tensorlike import address
 
 # Bytes of one slab's inputs in the compute dtype. Two slabs are in flight (one merged, one
 # read), so the buffers hold about twice this; the FFN matrices of a roberta-base merge of four
@@ -134,9 +135,9 @@ class BufferPool:
         `job`, the write of its bytes, is done."""
         if not self.numpy and tensor.device.type != "cpu":
             return
-        pointer = _address(tensor)
+        pointer = address(tensor)
         for key, buffer in self._buffers.items():
-            if _address(buffer) <= pointer < _address(buffer) + len(buffer):
+            if address(buffer) <= pointer < address(buffer) + len(buffer):
                 self._writing[key] = job
                 return
 
@@ -150,13 +151,6 @@ class BufferPool:
         import torch
 
         return buffer.view(getattr(torch, dtype)).view(shape)
-
-
-def _address(array) -> int:
-    """Where a torch tensor's or numpy array's first entry is in memory."""
-    if hasattr(array, "data_ptr"):
-        return array.data_ptr()
-    return array.__array_interface__["data"][0]
 
 
 class SlabLoader:
