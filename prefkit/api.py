@@ -312,7 +312,7 @@ class SolveContext:
     """What a solver's `solve` gets.
 
     Attributes:
-        plan: the resolved `prefkit.plan.Plan` (inputs, tensors, heads, output config).
+        plan: the resolved `prefkit.recipe.plan.Plan` (inputs, tensors, heads, output config).
         tasks: each model's task, in recipe order.
         preference: the preference normalised to sum 1 (uniform when the recipe gives none).
         settings: the validated `train:` block (the method's `Settings`).

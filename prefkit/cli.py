@@ -107,8 +107,8 @@ def build_cli(registry_factory: RegistryFactory = _default_registry) -> click.Gr
         """Show which tensors a recipe merges, from which files, shapes, bytes and parameters."""
         from prefkit.commands.plan_view import print_plan
         from prefkit.commands.sweep_run import reject_sweep
-        from prefkit.plan import resolve
         from prefkit.recipe import load_recipe
+        from prefkit.recipe.plan import resolve
 
         loaded = load_recipe(recipe, overrides)
         reject_sweep(loaded, "plan")
@@ -150,18 +150,18 @@ def build_cli(registry_factory: RegistryFactory = _default_registry) -> click.Gr
         code is the worst one. A sweep recipe (preferences:, methods:) runs every point.
         """
         from prefkit.commands.run_batch import run_batch
-        from prefkit.sweep import SweepOptions
+        from prefkit.sweeps import SweepOptions
 
         sweep = SweepOptions(executor, workers, evaluate_only, log_level, log_format, log_file)
         if log_level or log_format or log_file:
-            from prefkit.sweep.logs import configure_logging
+            from prefkit.sweeps.logs import configure_logging
 
             configure_logging(log_level or "info", log_format or "simple", log_file, quiet=quiet)
 
         if output and len(recipes) > 1:
             raise click.UsageError("-o/--output takes one recipe; set output: in each recipe instead")
         if device != "cpu":  # before any recipe runs
-            from prefkit.slabs import check_device
+            from prefkit.engine.slabs import check_device
 
             check_device(device)
         code = run_batch(recipes, registry(), output=output, overrides=overrides, force=force,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import ctypes
 
 from prefkit.clib import load
-from prefkit.tensorlike import address, clone, numel, zeros
+from prefkit.engine.tensorlike import address, clone, numel, zeros
 
 _lib = load()  # ImportError when not built: `prefkit.ops.kernels()` then takes the eager path
 

@@ -20,10 +20,17 @@ def builtin_plugins() -> dict:
     return {name: importlib.import_module(f"prefkit.plugins.{name}") for name in BUILTINS}
 
 
+@pytest.fixture(scope="session")
+def _prefkit_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("prefkit-cache")
+
+
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    """Tests never reach the network: the hub client uses its cache only."""
+def _offline(monkeypatch, _prefkit_cache):
+    """Tests never reach the network (the hub client uses its cache only) and never read or
+    write the user's ~/.cache/prefkit (token and training caches are the session's own)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("PREFKIT_CACHE", str(_prefkit_cache))
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefkit.executor import execute
-from prefkit.plan import resolve
+from prefkit.engine.executor import execute
 from prefkit.recipe import load_recipe
+from prefkit.recipe.plan import resolve
 
 
 def write_recipe(folder: Path, text: str, name: str = "recipe.yaml") -> Path:

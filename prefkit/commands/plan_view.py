@@ -6,7 +6,7 @@ import json
 
 import click
 
-from prefkit.plan import Plan
+from prefkit.recipe.plan import Plan
 
 
 def plan_to_dict(plan: Plan) -> dict:

@@ -34,7 +34,7 @@ def methods_text(rows: list[dict[str, Any]]) -> str:
 
 def report_command(folder: str, *, metric: str, reference: list[float] | None, plots: bool,
                    quiet: bool) -> dict[str, Any]:
-    from prefkit.sweep.report import write_report
+    from prefkit.sweeps.report import write_report
 
     result = write_report(Path(folder), metric=metric, reference=reference, plots=plots)
     if not quiet:

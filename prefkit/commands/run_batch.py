@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
+from prefkit.engine.executor import DEFAULT_SHARD_BYTES
 from prefkit.errors import ExitCode, PrefkitError
-from prefkit.executor import DEFAULT_SHARD_BYTES
 
 
 def run_batch(recipes, registry, *, output, overrides, force, quiet, max_shard_bytes,
@@ -21,7 +21,7 @@ def run_batch(recipes, registry, *, output, overrides, force, quiet, max_shard_b
     A sweep recipe (preferences:/methods:) runs all its points, with `sweep` (SweepOptions)."""
     from prefkit.commands.sweep_run import check_recipe, run_sweep_recipe
     from prefkit.recipe import load_recipe
-    from prefkit.sweep import SweepOptions, is_sweep
+    from prefkit.sweeps import SweepOptions, is_sweep
 
     sweep = sweep or SweepOptions()
 
@@ -63,14 +63,14 @@ def run_recipe(loaded, registry, *, output: str | Path | None = None, force: boo
     """Run one loaded recipe, whatever its method's kind, then its `evaluate:` step.
 
     `allow_pickle` reads pickle checkpoints (weights_only); `allow_nonfinite` merges NaN/Inf inputs.
-    `threads` and `device` set where a tensor method's merge runs (see `prefkit.executor.execute`).
+    `threads` and `device` set where a tensor method's merge runs (see `prefkit.engine.executor.execute`).
 
     Returns the result line (status, output, method, tensors, bytes, seconds and, with
     `evaluate:`, per-task results). Raises PrefkitError; nothing is left half written.
     """
-    from prefkit.executor import execute
-    from prefkit.plan import resolve
+    from prefkit.engine.executor import execute
     from prefkit.progress import NullReporter, RichReporter
+    from prefkit.recipe.plan import resolve
 
     plan = resolve(loaded, registry, output, allow_pickle=allow_pickle)
     reporter = NullReporter() if quiet else RichReporter()
@@ -100,8 +100,8 @@ def _train(plan, loaded, registry, reporter, force, max_shard_bytes) -> dict[str
     output folder already written from the same trained model is kept as it is."""
     from dataclasses import replace
 
+    from prefkit.engine.executor import execute
     from prefkit.eval.run import inline_tasks
-    from prefkit.executor import execute
     from prefkit.progress import RichReporter
     from prefkit.train import train_plan
 
@@ -130,9 +130,9 @@ def _solve(plan, loaded, registry, reporter, force, max_shard_bytes, allow_nonfi
     """Solver methods (AdaMerging): learn the coefficients, then the streaming executor applies
     them through the method's `merge`; the solution is saved as `<output>/<method>.json`."""
     from prefkit.api import SolveContext
+    from prefkit.engine.executor import execute
     from prefkit.errors import OutputError
     from prefkit.eval.run import inline_tasks
-    from prefkit.executor import execute
     from prefkit.io.outdir import check_replaceable, recover_interrupted
     from prefkit.moo import normalize_preference
     from prefkit.progress import RichReporter

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from prefkit.sweep import SweepOptions, is_sweep
+from prefkit.sweeps import SweepOptions, is_sweep
 
 
 def check_recipe(loaded, registry, options: SweepOptions | None = None) -> None:
@@ -16,8 +16,8 @@ def check_recipe(loaded, registry, options: SweepOptions | None = None) -> None:
     Raises:
         RecipeError / RecipeErrors: located in the recipe file.
     """
-    from prefkit.plan import check
-    from prefkit.sweep.points import check_plain, check_sweep
+    from prefkit.recipe.plan import check
+    from prefkit.sweeps.points import check_plain, check_sweep
 
     if is_sweep(loaded):
         check_sweep(loaded, registry)
@@ -41,8 +41,8 @@ def run_sweep_recipe(loaded, registry, *, output, force: bool, quiet: bool,
                      options: SweepOptions) -> dict[str, Any]:
     """Run a sweep with the recipe's logging: settings (the command line's win)."""
     from prefkit.commands.report import methods_text
-    from prefkit.sweep.logs import configure_logging
-    from prefkit.sweep.run import describe, run_sweep
+    from prefkit.sweeps.logs import configure_logging
+    from prefkit.sweeps.run import describe, run_sweep
 
     spec = loaded.recipe.logging
     configure_logging(options.log_level or (spec.level if spec else "info"),

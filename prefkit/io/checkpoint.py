@@ -28,15 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from prefkit.errors import CheckpointError
+from prefkit.io.dtypes import FLOAT_DTYPES, ITEMSIZE, SAFETENSORS_DTYPES
 
-SAFETENSORS_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
-    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
-}
-ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4,
-            "int16": 2, "int8": 1, "uint8": 1, "bool": 1, "float8_e4m3fn": 1, "float8_e5m2": 1}
-FLOAT_DTYPES = {"float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"}
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 PICKLE_HINT = ("pickle files can run code when loaded: convert the model to safetensors, or pass "
@@ -317,10 +310,10 @@ class TensorReader:
 
     def read_array(self, meta: TensorMeta, rows: tuple[int, int] | None = None, out=None):
         """As `read`, as a numpy array (torch is not imported; `out`: a numpy uint8 buffer).
-        bfloat16 and float8 come as their bits (see `prefkit.arrays`). Safetensors files only."""
+        bfloat16 and float8 come as their bits (see `prefkit.io.arrays`). Safetensors files only."""
         import numpy as np  # here: `prefkit validate` reads headers and starts without it
 
-        from prefkit import arrays
+        from prefkit.io import arrays
 
         if is_pickle(meta.file):
             raise CheckpointError(f"{meta.file}: pickle files are read through torch, not numpy")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prefkit.io.checkpoint import ITEMSIZE, SAFETENSORS_DTYPES
+from prefkit.io.dtypes import ITEMSIZE, SAFETENSORS_DTYPES
 
 if TYPE_CHECKING:
     import numpy as np
@@ -117,7 +117,7 @@ class ShardWriter:
         arrives as consecutive slabs of its first dimension, in order).
 
         A numpy array comes with `dtype`, the name of what its bytes hold (bfloat16 is held as
-        uint16 bits, see `prefkit.arrays`); a torch tensor's own dtype is used.
+        uint16 bits, see `prefkit.io.arrays`); a torch tensor's own dtype is used.
         """
         shard, expected = self._order[self._next]
         if name != expected.name:

@@ -1,5 +1,5 @@
 """Recipes: mergekit's YAML plus prefkit's keys. `load` reads and checks the envelope,
-`resolve` (in `prefkit.plan`) turns a recipe into a frozen Plan."""
+`resolve` (in `prefkit.recipe.plan`) turns a recipe into a frozen Plan."""
 
 from prefkit.recipe.loader import LoadedRecipe, load_recipe
 from prefkit.recipe.schema import ModelEntry, Recipe

@@ -1,5 +1,5 @@
 """The recipe envelope (pydantic, unknown keys forbidden). Method parameters are checked later,
-against the method's own Params models, once the method is known (`prefkit.plan`)."""
+against the method's own Params models, once the method is known (`prefkit.recipe.plan`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from prefkit.sweep.spec import LoggingSpec, MethodEntry, PreferenceGrid, WandbSpec, preferences_value
+from prefkit.sweeps.spec import LoggingSpec, MethodEntry, PreferenceGrid, WandbSpec, preferences_value
 
 DTYPES = {
     "float32": "float32", "fp32": "float32", "float": "float32",
@@ -128,7 +128,7 @@ class Recipe(_Strict):
     train: dict[str, Any] | None = Field(
         None, description="prefkit: training settings of a trainer method (chebyshev, epo), "
         "checked against the method's own settings model.")
-    # prefkit sweeps (prefkit.sweep): a recipe with preferences: or methods: runs every point.
+    # prefkit sweeps (prefkit.sweeps): a recipe with preferences: or methods: runs every point.
     preferences: Annotated[list[list[float]] | PreferenceGrid | None,
                            WrapValidator(preferences_value)] = Field(
         None, description="prefkit sweep: a list of preferences or {grid: simplex, steps: K}.")

@@ -60,9 +60,9 @@ def prefkit_registry():
 
 @pytest.fixture
 def prefkit_merge(tmp_path):
-    from prefkit.executor import execute
-    from prefkit.plan import resolve
+    from prefkit.engine.executor import execute
     from prefkit.recipe import load_recipe
+    from prefkit.recipe.plan import resolve
 
     def merge(recipe_text: str, registry=None) -> dict[str, Any]:
         from safetensors.torch import load_file

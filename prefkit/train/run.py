@@ -63,7 +63,7 @@ def resolve_device(settings) -> tuple[str, bool]:
 
 
 def cache_key(plan, tasks, orders, preference, device: str, bf16: bool) -> dict[str, Any]:
-    from prefkit.plan import fingerprint
+    from prefkit.recipe.plan import fingerprint
 
     settings = plan.train
     return {

@@ -15,9 +15,9 @@ from prefkit.api import SolveContext
 from prefkit.cli import build_cli
 from prefkit.eval.run import inline_tasks
 from prefkit.moo import normalize_preference
-from prefkit.plan import resolve
 from prefkit.progress import NullReporter
 from prefkit.recipe import load_recipe
+from prefkit.recipe.plan import resolve
 from prefkit.train.adamerging import Coefficients, MergedClassifier, Objective, learn, unlabeled
 from prefkit.train.data import BatchOrder, collate
 from tests.conftest import builtin_plugins

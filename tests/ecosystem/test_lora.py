@@ -9,8 +9,8 @@ import torch
 import transformers
 
 from prefkit.errors import RecipeError
-from prefkit.plan import resolve
 from prefkit.recipe import load_recipe
+from prefkit.recipe.plan import resolve
 from prefkit.testing import tiny_config
 from tests.helpers import merge, write_recipe
 

@@ -138,10 +138,8 @@ def test_tokenization_is_cached(tmp_path, task3, monkeypatch):
     first = evaluate(model, [TaskHead(task, [0, 1, 2])], EvalSettings())
     files = list((tmp_path / "cache" / "tokens").glob("*.json"))
     assert len(files) == 1 and "-toy-test-128-" in files[0].name
-    import prefkit.eval.evaluate as ev
-
-    monkeypatch.setattr(ev, "tokenize", lambda *a, **k: pytest.fail("not cached"), raising=True)
-    monkeypatch.undo()
+    # (monkeypatch.undo() here once reset PREFKIT_CACHE too, so the second run read whatever
+    # cache the environment had: the test then passed or failed by what ran before it)
     calls = []
     real = transformers.PreTrainedTokenizerFast.__call__
     monkeypatch.setattr(transformers.PreTrainedTokenizerFast, "__call__",

@@ -14,10 +14,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import prefkit.executor as executor
+import prefkit.engine.executor as executor
 from prefkit.ops import CHUNK, MagnitudeSelection, kth_largest_magnitude
-from prefkit.plan import resolve
 from prefkit.recipe import load_recipe
+from prefkit.recipe.plan import resolve
 from prefkit.testing import make_zoo
 from tests.helpers import load_tensors, write_recipe
 

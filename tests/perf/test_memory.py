@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from prefkit import memory
+from prefkit.engine import memory
 from tests.helpers import merge
 
 REF = """\
@@ -39,7 +39,7 @@ def test_malloc_trim_gives_free_heap_pages_back():
     until `malloc_trim(0)`, which gives them back."""
     code = textwrap.dedent("""
         import ctypes, os
-        from prefkit.memory import malloc_trim
+        from prefkit.engine.memory import malloc_trim
         trim = malloc_trim()
         assert trim is not None, "glibc has malloc_trim"
         def rss():

@@ -20,13 +20,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import prefkit.executor as executor
-from prefkit import arrays, ops
+import prefkit.engine.executor as executor
+from prefkit import ops
 from prefkit.errors import CheckpointError
+from prefkit.io import arrays
 from prefkit.io.checkpoint import TensorReader
 from prefkit.io.writer import OutTensor, ShardWriter
-from prefkit.plan import resolve
 from prefkit.recipe import load_recipe
+from prefkit.recipe.plan import resolve
 from prefkit.testing.checkpoints import make_zoo
 from tests.helpers import quantized_zoo, write_recipe
 

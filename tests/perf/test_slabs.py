@@ -1,6 +1,6 @@
 """Slab merging equals whole-tensor merging, byte for byte, and stays within its memory budget.
 
-The executor cuts a large tensor of an `elementwise` method into slabs of rows (prefkit.slabs).
+The executor cuts a large tensor of an `elementwise` method into slabs of rows (prefkit.engine.slabs).
 Here the slab budget is shrunk until every tensor with two or more rows is cut, and every output
 byte must equal the merge of whole tensors: per-tensor and global TIES (whose cut-offs span the
 tensor), ties at the cut-off (which keep the lowest flat indices, across slab boundaries), rescale
@@ -16,10 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import prefkit.executor as executor
-from prefkit.plan import resolve
+import prefkit.engine.executor as executor
+from prefkit.engine.slabs import Slab, slabs_of
 from prefkit.recipe import load_recipe
-from prefkit.slabs import Slab, slabs_of
+from prefkit.recipe.plan import resolve
 from tests.helpers import quantized_zoo, write_recipe
 
 RECIPE = """\
@@ -88,7 +88,7 @@ def test_reading_ahead_mixed_slab_sizes(case, workdir, registry, monkeypatch):
     """Slabs over 300 bytes take turns in the two large buffer sets, smaller ones in the ring
     that is read further ahead; TIES's per-tensor scans re-read slabs in between. Reused buffers
     must never be read into while in use."""
-    from prefkit import slabs
+    from prefkit.engine import slabs
 
     whole = _run(workdir, _recipe(case), registry, "whole")
     monkeypatch.setattr(slabs, "SMALL_SLAB", 300)  # one embedding row of 5 inputs: 320 bytes
@@ -137,7 +137,7 @@ def test_slab_shapes_cover_the_tensor_in_order(workdir, registry):
 def test_peak_buffers_stay_within_two_slab_budgets(workdir, registry, monkeypatch):
     """With a budget far below the group size, the reused buffers never outgrow two slabs (plus
     the output slab): memory does not grow with the tensor."""
-    from prefkit import slabs
+    from prefkit.engine import slabs
 
     sizes: list[int] = []
     take = slabs.BufferPool.take

@@ -13,10 +13,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import prefkit.executor as executor
+import prefkit.engine.executor as executor
 from prefkit.cli import build_cli
-from prefkit.plan import resolve
 from prefkit.recipe import load_recipe
+from prefkit.recipe.plan import resolve
 from prefkit.testing import make_zoo
 from tests.conftest import builtin_plugins
 from tests.helpers import write_recipe

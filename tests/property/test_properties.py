@@ -10,8 +10,8 @@ from prefkit.plugins.task_arithmetic import TaskArithmeticMethod, TaskArithmetic
 from prefkit.plugins.ties import TiesMethod, TiesModelParams, TiesParams
 
 from prefkit.api import TensorInfo, WeightParams
-from prefkit.plan import resolve
 from prefkit.recipe import load_recipe
+from prefkit.recipe.plan import resolve
 from tests.helpers import write_recipe
 
 INFO = TensorInfo("w", None, 0.0, ())

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from prefkit import cli, executor
+from prefkit import cli
+from prefkit.engine import executor
 from prefkit.io import writer
 
 ENV = {"PREFKIT_LOAD_PLUGINS": "linear,task_arithmetic,ties", "HF_HUB_OFFLINE": "1"}
@@ -43,7 +44,7 @@ def context():
     ctx = multiprocessing.get_context("forkserver")
     # The server does not get the test's sys.path (Python 3.11 ignores it), so preload what is
     # importable from site-packages: the heavy part, torch and prefkit.
-    ctx.set_forkserver_preload(["torch", "prefkit.cli", "prefkit.executor", "prefkit.plan",
+    ctx.set_forkserver_preload(["torch", "prefkit.cli", "prefkit.engine.executor", "prefkit.recipe.plan",
                                 "prefkit.commands.run_batch", "prefkit.plugins.ties"])
     return ctx
 

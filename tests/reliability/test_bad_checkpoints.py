@@ -16,10 +16,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from prefkit.engine.executor import execute
 from prefkit.errors import CheckpointError
-from prefkit.executor import execute
-from prefkit.plan import resolve
 from prefkit.recipe import load_recipe
+from prefkit.recipe.plan import resolve
 from tests.helpers import load_tensors, write_recipe
 from tests.reliability.conftest import invoke
 

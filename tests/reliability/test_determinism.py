@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from prefkit.executor import execute
-from prefkit.plan import resolve
+from prefkit.engine.executor import execute
 from prefkit.recipe import load_recipe
+from prefkit.recipe.plan import resolve
 from prefkit.testing import make_zoo
 from tests.reliability.conftest import pinned_registry
 

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prefkit.errors import PrefkitError, RecipeError
-from prefkit.plan import check
 from prefkit.recipe.loader import LoadedRecipe, load_recipe
+from prefkit.recipe.plan import check
 from tests.reliability.conftest import pinned_registry
 
 REGISTRY = pinned_registry()

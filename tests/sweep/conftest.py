@@ -14,9 +14,9 @@ pytest.importorskip("transformers")
 
 from prefkit.recipe import load_recipe  # noqa: E402
 from prefkit.registry import load_registry  # noqa: E402
-from prefkit.sweep import SweepOptions  # noqa: E402
-from prefkit.sweep.run import run_sweep  # noqa: E402
-from prefkit.sweep.store import read_results  # noqa: E402
+from prefkit.sweeps import SweepOptions  # noqa: E402
+from prefkit.sweeps.run import run_sweep  # noqa: E402
+from prefkit.sweeps.store import read_results  # noqa: E402
 from prefkit.testing.classifiers import WORDS, make_tiny_classifier  # noqa: E402
 from tests.conftest import builtin_plugins  # noqa: E402
 

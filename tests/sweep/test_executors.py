@@ -11,9 +11,9 @@ from click.testing import CliRunner
 
 from prefkit.cli import build_cli
 from prefkit.recipe import load_recipe
-from prefkit.sweep import SweepOptions
-from prefkit.sweep.run import run_sweep
-from prefkit.sweep.store import read_results
+from prefkit.sweeps import SweepOptions
+from prefkit.sweeps.run import run_sweep
+from prefkit.sweeps.store import read_results
 from tests.sweep.conftest import IN_PROCESS, by_key, write_sweep
 
 LINEAR = "  - {merge_method: linear}\n"

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from prefkit.cli import build_cli
 from prefkit.errors import RecipeError, RecipeErrors
 from prefkit.recipe import load_recipe
-from prefkit.sweep import is_sweep
-from prefkit.sweep.grid import simplex_grid
-from prefkit.sweep.points import (
+from prefkit.sweeps import is_sweep
+from prefkit.sweeps.grid import simplex_grid
+from prefkit.sweeps.points import (
     check_sweep,
     eval_key,
     expand,

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from prefkit.cli import build_cli
 from prefkit.errors import DataError
-from prefkit.sweep.report import collect, write_report
-from prefkit.sweep.store import append_line, read_results
+from prefkit.sweeps.report import collect, write_report
+from prefkit.sweeps.store import append_line, read_results
 
 pytest.importorskip("matplotlib")
 
@@ -118,7 +118,7 @@ def test_three_tasks_get_parallel_coordinates(tmp_path):
 
 
 def test_front_figure_draws_each_methods_front(stored):
-    from prefkit.sweep.plots import front_figure
+    from prefkit.sweeps.plots import front_figure
 
     results = collect(read_results(stored / "results.jsonl"))
     ax = front_figure(results).axes[0]

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 import prefkit.commands.run_batch as run_batch
 from prefkit.cli import build_cli
 from prefkit.recipe import load_recipe
-from prefkit.sweep import SweepOptions, is_sweep
-from prefkit.sweep.run import run_sweep
-from prefkit.sweep.store import read_results
+from prefkit.sweeps import SweepOptions, is_sweep
+from prefkit.sweeps.run import run_sweep
+from prefkit.sweeps.store import read_results
 from tests.sweep.conftest import IN_PROCESS, TWO_METHODS, by_key, copy_sweep, write_sweep
 
 

@@ -59,7 +59,7 @@ def test_json_logs_on_stderr_and_in_a_file(finished, tmp_path, sweep_registry):
     records = [json.loads(x) for x in log.read_text().splitlines()]
     cached = [r for r in records if r["message"].startswith("cached")]
     assert len(cached) == 6
-    assert {r["logger"] for r in cached} == {"prefkit.sweep.run"}
+    assert {r["logger"] for r in cached} == {"prefkit.sweeps.run"}
     assert all(r["level"] == "info" and r["cached"] is True and r["status"] == "ok" for r in cached)
     assert sorted(r["point"] for r in cached) == sorted(
         r["point"] for r in by_key(tmp_path / "out").values())
@@ -81,4 +81,4 @@ def test_recipe_logging_block_sets_level_and_format(finished, tmp_path, sweep_re
     assert len(lines) == 6
     # detailed: time, level, logger, process, message
     parts = lines[0].split(" ", 5)
-    assert parts[2:4] == ["INFO", "prefkit.sweep.run"] and parts[4] == "[MainProcess]"
+    assert parts[2:4] == ["INFO", "prefkit.sweeps.run"] and parts[4] == "[MainProcess]"

@@ -13,9 +13,9 @@ from prefkit.cli import build_cli
 from prefkit.errors import PrefkitError
 from prefkit.eval.run import inline_tasks
 from prefkit.moo import non_uniformity
-from prefkit.plan import resolve
 from prefkit.progress import NullReporter
 from prefkit.recipe import load_recipe
+from prefkit.recipe.plan import resolve
 from prefkit.train import train_plan
 from prefkit.train.data import BatchOrder
 from prefkit.train.loop import learning_rate

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
+from prefkit.engine.executor import execute
 from prefkit.errors import CheckpointError, MergeError, PrefkitError
-from prefkit.executor import execute
-from prefkit.plan import resolve
 from prefkit.recipe import load_recipe
+from prefkit.recipe.plan import resolve
 from tests.helpers import load_tensors, merge, quantized_zoo, write_recipe
 
 REF = """\

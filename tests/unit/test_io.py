@@ -8,12 +8,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from prefkit.engine.executor import execute
 from prefkit.errors import CheckpointError
-from prefkit.executor import execute
 from prefkit.io.checkpoint import Checkpoint
 from prefkit.io.writer import OutTensor, ShardWriter, plan_shards
-from prefkit.plan import resolve
 from prefkit.recipe import load_recipe
+from prefkit.recipe.plan import resolve
 from tests.helpers import load_tensors, merge, write_recipe
 
 

@@ -16,8 +16,9 @@ from typing import Any
 import yaml
 
 from prefkit.errors import PrefkitError
-from prefkit.sweep import SweepOptions
-from prefkit.sweep.points import (
+from prefkit.sweeps import SweepOptions
+from prefkit.sweeps.point import PointJob, registry_spec
+from prefkit.sweeps.points import (
     Point,
     check_sweep,
     eval_key,
@@ -26,8 +27,7 @@ from prefkit.sweep.points import (
     model_key,
     standalone,
 )
-from prefkit.sweep.runner import PointJob, registry_spec
-from prefkit.sweep.store import POINTS, RESULTS, append_line, latest, read_json, read_results, write_atomic
+from prefkit.sweeps.store import POINTS, RESULTS, append_line, latest, read_json, read_results, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,9 @@ def run_sweep(loaded, registry, *, output: str | Path | None = None, force: bool
         RecipeError: the sweep is invalid (before anything runs).
         SweepError: some points failed; the others are stored and in the report.
     """
-    from prefkit.sweep.executors import run_jobs, torch_threads
-    from prefkit.sweep.report import write_report
-    from prefkit.sweep.tracking import open_tracker
+    from prefkit.sweeps.executors import run_jobs, torch_threads
+    from prefkit.sweeps.report import write_report
+    from prefkit.sweeps.tracking import open_tracker
 
     options = options or SweepOptions()
     points = checked if checked is not None else check_sweep(loaded, registry)

@@ -18,8 +18,8 @@ from typing import Any
 
 from prefkit.errors import CheckpointError, PrefkitError, RecipeErrors
 from prefkit.recipe.loader import LoadedRecipe, Marks
-from prefkit.sweep.grid import simplex_grid
-from prefkit.sweep.spec import PreferenceGrid
+from prefkit.sweeps.grid import simplex_grid
+from prefkit.sweeps.spec import PreferenceGrid
 
 SWEEP_KEYS = ("preferences", "methods", "keep_models", "wandb", "logging")
 METHOD_KEYS = ("merge_method", "parameters", "train")
@@ -129,7 +129,7 @@ def check_sweep(sweep: LoadedRecipe, registry) -> list[Point]:
     Raises:
         RecipeError / RecipeErrors: located in the sweep file.
     """
-    from prefkit.plan import check
+    from prefkit.recipe.plan import check
 
     recipe = sweep.recipe
     errors: list[PrefkitError] = []
@@ -191,7 +191,7 @@ def input_fingerprints(sweep: LoadedRecipe) -> dict[str, str]:
     """
     from prefkit.io.checkpoint import Checkpoint
     from prefkit.io.hub import resolve_model
-    from prefkit.plan import fingerprint
+    from prefkit.recipe.plan import fingerprint
 
     refs = [(("models", i, "model"), m.model) for i, m in enumerate(sweep.recipe.models)]
     if sweep.recipe.base_model:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from prefkit.errors import PrefkitError
-from prefkit.sweep.runner import PointJob, failed, run_point
+from prefkit.sweeps.point import PointJob, failed, run_point
 
 log = logging.getLogger(__name__)
 

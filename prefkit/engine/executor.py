@@ -2,7 +2,7 @@
 
 For each planned tensor: read its inputs (cast to the compute dtype, heads zero-padded), call the
 method's `merge`, cast to the output dtype and append to the open shard. A method that declares
-itself `elementwise` gets large tensors in slabs of rows and reused buffers (`prefkit.slabs`), so
+itself `elementwise` gets large tensors in slabs of rows and reused buffers (`prefkit.engine.slabs`), so
 memory stays constant as models grow. The next slab is read on a background thread while the
 current one is merged. Output goes to a temporary sibling folder that is renamed into place only
 when complete, so a failure leaves nothing behind.
@@ -26,9 +26,20 @@ from pathlib import Path
 import yaml
 
 import prefkit
-from prefkit import arrays
 from prefkit.api import ScanItem, TensorInfo
+from prefkit.engine.slabs import (
+    DEFAULT_BUDGET,
+    LOOKAHEAD,
+    Slab,
+    SlabIO,
+    SlabLoader,
+    check_device,
+    group_bytes,
+    slabs_of,
+)
+from prefkit.engine.threads import merge_threads
 from prefkit.errors import MergeError, OutputError, PrefkitError
+from prefkit.io import arrays
 from prefkit.io.checkpoint import TensorReader, is_pickle
 from prefkit.io.hub import TOKENIZER_FILES
 from prefkit.io.outdir import (
@@ -39,19 +50,8 @@ from prefkit.io.outdir import (
     write_error,
 )
 from prefkit.io.writer import OutTensor, ShardWriter, plan_shards
-from prefkit.ops import merge_threads
-from prefkit.plan import Plan, fingerprint
 from prefkit.progress import NullReporter, Reporter
-from prefkit.slabs import (
-    DEFAULT_BUDGET,
-    LOOKAHEAD,
-    Slab,
-    SlabIO,
-    SlabLoader,
-    check_device,
-    group_bytes,
-    slabs_of,
-)
+from prefkit.recipe.plan import Plan, fingerprint
 
 DEFAULT_SHARD_BYTES = 5 * 1000**3
 
@@ -191,7 +191,7 @@ def numpy_merge(plan: Plan) -> bool:
     """Whether the plan's merge runs on numpy arrays, without torch: the method takes them
     (`TensorMethod.takes_numpy`), every input is a safetensors file, and every merged tensor is
     computed in a dtype numpy has and the method takes (`numpy_dtypes`; bfloat16 is only read
-    and written: `prefkit.arrays`)."""
+    and written: `prefkit.io.arrays`)."""
     method = plan.method.method
     if not getattr(method, "takes_numpy", False):
         return False

@@ -1,6 +1,6 @@
 """The sweep keys of a recipe (pydantic, unknown keys forbidden): `preferences`, `methods`,
 `keep_models`, `wandb`, `logging`. `prefkit.recipe.schema.Recipe` holds them as top-level fields;
-what they mean is in `prefkit.sweep.points`."""
+what they mean is in `prefkit.sweeps.points`."""
 
 from __future__ import annotations
 

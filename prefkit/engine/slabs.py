@@ -24,11 +24,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from prefkit.api import TensorInfo
+from prefkit.engine.memory import HeapTrimmer
+from prefkit.engine.tensorlike import address
 from prefkit.errors import MergeError
-from prefkit.io.checkpoint import ITEMSIZE, TensorMeta, TensorReader
-from prefkit.memory import HeapTrimmer
-from prefkit.plan import TensorPlan
-from prefkit.tensorlike import address
+from prefkit.io.checkpoint import TensorMeta, TensorReader
+from prefkit.io.dtypes import ITEMSIZE
+from prefkit.recipe.plan import TensorPlan
 
 # Bytes of one slab's inputs in the compute dtype. Two slabs are in flight (one merged, one
 # read), so the buffers hold about twice this; the FFN matrices of a roberta-base merge of four
@@ -145,7 +146,7 @@ class BufferPool:
         """A `dtype` tensor (or numpy array) of `shape` in the buffer `key`."""
         buffer = self.take(key, math.prod(shape) * ITEMSIZE[dtype])
         if self.numpy:
-            from prefkit import arrays
+            from prefkit.io import arrays
 
             return arrays.view(buffer, dtype, shape)
         import torch
@@ -217,8 +218,8 @@ class SlabLoader:
         return out
 
     def _read_numpy(self, meta: TensorMeta | None, slab: Slab, key: Any):
-        """`_read` into numpy arrays: the same steps, converted by `prefkit.arrays`."""
-        from prefkit import arrays
+        """`_read` into numpy arrays: the same steps, converted by `prefkit.io.arrays`."""
+        from prefkit.io import arrays
 
         plan, shape = slab.plan, slab.shape
         dtype = plan.compute_dtype
@@ -264,7 +265,7 @@ class SlabLoader:
         return self.pool.tensor(key, dtype, tuple(result.shape)).copy_(result)
 
     def _output_numpy(self, result, dtype: str):
-        from prefkit import arrays
+        from prefkit.io import arrays
 
         if result.dtype == arrays.STORAGE[dtype]:
             return result

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from prefkit.errors import DataError
-from prefkit.sweep.store import RESULTS, latest, read_results, write_atomic
+from prefkit.sweeps.store import RESULTS, latest, read_results, write_atomic
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,7 @@ def write_report(folder: Path, *, metric: str = "accuracy", reference: list[floa
     images, note = [], ""
     if plots:
         try:
-            from prefkit.sweep.plots import write_plots
+            from prefkit.sweeps.plots import write_plots
         except ImportError:
             note = "plots skipped: matplotlib is not installed (pip install 'prefkit[plots]')"
         else:

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from prefkit.io.checkpoint import ITEMSIZE
+from prefkit.io.dtypes import ITEMSIZE
 
 # dtype name (torch's spelling, as in plans and checkpoints) -> the numpy dtype that holds it
 STORAGE = {

@@ -22,7 +22,7 @@ from types import ModuleType
 from typing import Any
 
 from prefkit.errors import PrefkitError
-from prefkit.sweep.store import write_atomic
+from prefkit.sweeps.store import write_atomic
 
 log = logging.getLogger(__name__)
 _REGISTRIES: dict[tuple, Any] = {}  # one registry per process and plugin set
