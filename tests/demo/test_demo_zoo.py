@@ -126,8 +126,8 @@ def test_cache_skip_and_rebuild(built, tmp_path, base_model, monkeypatch):
     root = tmp_path / "zoo"
     shutil.copytree(built["base"].parent, root)
     calls = []
-    real = zoo._train_task
-    monkeypatch.setattr(zoo, "_train_task", lambda task, *a: calls.append(task.name) or real(task, *a))
+    real = zoo.train_task
+    monkeypatch.setattr(zoo, "train_task", lambda task, *a: calls.append(task.name) or real(task, *a))
     paths = build(root, base_model)
     assert calls == [] and paths["pairs"] == root / "pairs"  # everything cached
     build(root, base_model, steps=4, tasks=[SENTIMENT])  # a settings change rebuilds
@@ -174,6 +174,24 @@ def test_errors(tmp_path, base_model):
         zoo.build_demo_zoo(tmp_path, [SENTIMENT], base_model=tmp_path / "missing", progress=False)
     assert zoo.main([str(tmp_path / "z"), "--tasks", "nope", "--base-model", str(base_model),
                      "--quiet"]) == 1
+
+
+def test_task_names_resolve_through_the_plugin_registry(monkeypatch):
+    """The core names no plugin: demo task names are looked up among the registered tasks, and
+    they are the very Task objects the demo_tasks plugin registers."""
+    from prefkit.plugins import demo_tasks
+
+    assert zoo.DEMO_TASKS == tuple(demo_tasks.TASKS_BY_NAME)
+    got = zoo.resolve_tasks(None)
+    assert [t.name for t in got] == list(zoo.DEMO_TASKS)
+    assert all(a is b for a, b in zip(got, demo_tasks.TASKS))
+    assert zoo.resolve_tasks(["wordnet_topic", SENTIMENT]) == [demo_tasks.TASKS_BY_NAME[
+        "wordnet_topic"], SENTIMENT]
+    monkeypatch.setenv("PREFKIT_DISABLE_PLUGINS", "demo_tasks")
+    with pytest.raises(DataError, match="demo task 'wordnet_topic' is not registered"):
+        zoo.resolve_tasks(["wordnet_topic"])
+    with pytest.raises(DataError, match="distinct and not 'base'"):
+        zoo.resolve_tasks([SENTIMENT, SENTIMENT])
 
 
 def test_missing_minilm_says_what_to_install(monkeypatch):
