@@ -9,6 +9,15 @@ collects every broken rule into one AssertionError, so a plugin author sees all 
     def test_contract():
         check_method_contract(MyMethod())
 
+It also checks what the method declares (`prefkit.testing.declarations`): an `elementwise`
+method must give the same bytes merged whole, in slabs of rows (a 1-D tensor: in chunks of
+entries), with `info.rows` and `prepare_tensor` as the executor passes them, and over several
+`map_chunks` threads; a `takes_numpy` method must give the torch path's bytes and dtype on numpy
+arrays, in every dtype of its `numpy_dtypes` that numpy computes in. A false declaration is one
+line: "method 'x' declares elementwise=True but merging tensor 'model.layers.0.mlp.weight'
+(float32[25, 10]) in slabs of rows [(0, 13), (13, 25)] differs from merging it whole (first
+difference at [0, 0]: 0.72 whole, 0.78 in slabs)".
+
 Trainer methods (kind "trainer") are trained, not merged tensor by tensor: this check refuses them.
 """
 
@@ -21,6 +30,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from prefkit.api import Params, ScanItem, TensorInfo
+from prefkit.testing.declarations import declaration_problems
 
 _SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
 MODELS = ("model_a", "model_b", "model_c")
@@ -37,7 +47,8 @@ def check_method_contract(method: Any, *, params: Params | None = None,
     (unknown keys rejected) whose fields are described, `param_aliases` naming real parameters;
     `merge` returns a floating-point tensor of the inputs' shape for float32, bfloat16 and float16
     inputs, leaves `base` unchanged, gives the same bytes for the same inputs, and, for weighted
-    methods, a model of weight 0 has no influence while the weights change the result.
+    methods, a model of weight 0 has no influence while the weights change the result; what
+    `elementwise` and `takes_numpy` declare holds (see the module's docstring).
 
     Args:
         method: the method object, as registered.
@@ -178,7 +189,7 @@ def _merge_problems(method: Any, params: Params | None, extra: dict[str, Any]) -
             problems.append(f"{where}: two merges of the same inputs differ (must be deterministic)")
         if weighted and dtype == "float32":
             problems += _weight_problems(case, shared, per_model, result, where)
-    return problems
+    return problems + declaration_problems(method, shared, per_model)
 
 
 def _weight_problems(case: _Case, shared: Params, per_model: Callable, uniform_result: Any,
