@@ -98,6 +98,68 @@ def _linprog(c, A_ub, b_ub, m):
     return alpha / s if s > 0 else None
 
 
+def _check_shapes(jacobian, gram, m: int) -> torch.Tensor:
+    """The Jacobian (m x n) or Gram matrix (m x m), exactly one of them given, as a tensor."""
+    if (jacobian is None) == (gram is None):
+        raise ValueError("give exactly one of jacobian and gram")
+    J_t = torch.as_tensor(jacobian if jacobian is not None else gram)
+    if jacobian is None and tuple(J_t.shape) != (m, m):
+        raise ValueError(f"gram must be m x m with m={m}, got {tuple(J_t.shape)}")
+    if J_t.ndim != 2 or J_t.shape[0] != m:
+        raise ValueError(f"jacobian must be m x n with m={m} rows (one per loss), got {tuple(J_t.shape)}")
+    return J_t
+
+
+def _loss_array(L_t: torch.Tensor) -> np.ndarray:
+    L = L_t.detach().to("cpu", torch.float64).numpy()
+    if not np.all(np.isfinite(L)) or np.any(L < 0):
+        raise ValueError(f"EPO needs finite non-negative losses, got {L.tolist()}")
+    return L
+
+
+def _fallback_alpha(fallback: TensorLike | None, m: int) -> np.ndarray:
+    """The ``alpha`` returned when a linear program fails: ``fallback``, else uniform."""
+    if fallback is None:
+        return np.full(m, 1.0 / m)
+    fb = _as_vector(fallback)
+    if fb.ndim != 1 or fb.numel() != m:
+        raise ValueError(f"fallback alpha must have {m} entries, got shape {tuple(fb.shape)}")
+    return fb.to("cpu", torch.float64).numpy()
+
+
+def _gram_matrix(J_t: torch.Tensor, is_jacobian: bool) -> np.ndarray:
+    """``G = J J^T`` in float64 on the CPU (a copy of ``J_t`` when it is already the Gram matrix)."""
+    Jd = J_t.detach().to("cpu", torch.float64)
+    return (Jd @ Jd.T).numpy() if is_jacobian else Jd.numpy().copy()
+
+
+def _balance_alpha(G: np.ndarray, Ga: np.ndarray, pl: np.ndarray, m: int) -> np.ndarray | None:
+    """The balance program: maximise ``alpha^T G a`` (see the module docstring); None on failure."""
+    positive = Ga > 0
+    if positive.any():
+        top = np.flatnonzero(pl == pl.max())
+        rows = [j for j in range(m) if not positive[j] and j not in top]
+        A = [-G[j] for j in rows] + [-G[j] for j in top]
+        b = [-Ga[j] for j in rows] + [0.0 for _ in top]
+    else:
+        A, b = list(-G), [0.0] * m
+    return _linprog(-Ga, np.array(A), np.array(b), m)
+
+
+def _descent_alpha(G: np.ndarray, Ga: np.ndarray, m: int, relax: bool) -> np.ndarray | None:
+    """The descent program: maximise ``1^T G alpha`` with ``G alpha >= 0`` and, unless ``relax``
+    (or that program fails), the restriction towards the ray; None when both fail."""
+    c = -G.sum(axis=0)  # maximise 1^T G alpha
+    A_rel, b_rel = -G, np.zeros(m)
+    alpha = None
+    if not relax:
+        bound = min(float(Ga.max()), 0.0)
+        alpha = _linprog(c, np.vstack([A_rel, -Ga[None, :]]), np.append(b_rel, -bound), m)
+    if alpha is None:
+        alpha = _linprog(c, A_rel, b_rel, m)
+    return alpha
+
+
 def epo_search_direction(
     losses: TensorLike,
     jacobian: torch.Tensor | None,
@@ -123,34 +185,18 @@ def epo_search_direction(
     """
     L_t = _as_losses(losses)
     m = L_t.numel()
-    if (jacobian is None) == (gram is None):
-        raise ValueError("give exactly one of jacobian and gram")
-    J_t = torch.as_tensor(jacobian if jacobian is not None else gram)
-    if jacobian is None and tuple(J_t.shape) != (m, m):
-        raise ValueError(f"gram must be m x m with m={m}, got {tuple(J_t.shape)}")
-    if J_t.ndim != 2 or J_t.shape[0] != m:
-        raise ValueError(f"jacobian must be m x n with m={m} rows (one per loss), got {tuple(J_t.shape)}")
+    J_t = _check_shapes(jacobian, gram, m)
     if not (eps >= 0):
         raise ValueError(f"eps must be >= 0, got {eps}")
     p = normalize_preference(preference, m).numpy()
-    L = L_t.detach().to("cpu", torch.float64).numpy()
-    if not np.all(np.isfinite(L)) or np.any(L < 0):
-        raise ValueError(f"EPO needs finite non-negative losses, got {L.tolist()}")
+    L = _loss_array(L_t)
     out_dtype = J_t.dtype if J_t.is_floating_point() else torch.get_default_dtype()
 
     def result(alpha: np.ndarray, mode: str, mu: float, ok: bool) -> EPODirection:
         return EPODirection(torch.as_tensor(alpha, dtype=out_dtype, device=J_t.device), mode, mu, ok)
 
-    if fallback is not None:
-        fb = _as_vector(fallback)
-        if fb.ndim != 1 or fb.numel() != m:
-            raise ValueError(f"fallback alpha must have {m} entries, got shape {tuple(fb.shape)}")
-        fb_np = fb.to("cpu", torch.float64).numpy()
-    else:
-        fb_np = np.full(m, 1.0 / m)
-
-    Jd = J_t.detach().to("cpu", torch.float64)
-    G = (Jd @ Jd.T).numpy() if jacobian is not None else Jd.numpy().copy()
+    fb_np = _fallback_alpha(fallback, m)
+    G = _gram_matrix(J_t, jacobian is not None)
     pl, mu, a = epo_adjustments(L, p)
     scale = np.abs(G).max()
     mode = "balance" if mu > eps else "descent"
@@ -160,29 +206,7 @@ def epo_search_direction(
         return result(np.full(m, 1.0 / m), mode, mu, True)
     G = G / scale  # the feasible sets and the optimisers are invariant to this scaling
     Ga = G @ a
-
-    if mode == "balance":
-        positive = Ga > 0
-        if positive.any():
-            top = np.flatnonzero(pl == pl.max())
-            rows = [j for j in range(m) if not positive[j] and j not in top]
-            A = [-G[j] for j in rows] + [-G[j] for j in top]
-            b = [-Ga[j] for j in rows] + [0.0 for _ in top]
-        else:
-            A, b = list(-G), [0.0] * m
-        alpha = _linprog(-Ga, np.array(A), np.array(b), m)
-        if alpha is None:
-            return result(fb_np, mode, mu, False)
-        return result(alpha, mode, mu, True)
-
-    c = -G.sum(axis=0)  # maximise 1^T G alpha
-    A_rel, b_rel = -G, np.zeros(m)
-    alpha = None
-    if not relax:
-        bound = min(float(Ga.max()), 0.0)
-        alpha = _linprog(c, np.vstack([A_rel, -Ga[None, :]]), np.append(b_rel, -bound), m)
-    if alpha is None:
-        alpha = _linprog(c, A_rel, b_rel, m)
+    alpha = _balance_alpha(G, Ga, pl, m) if mode == "balance" else _descent_alpha(G, Ga, m, relax)
     if alpha is None:
         return result(fb_np, mode, mu, False)
     return result(alpha, mode, mu, True)
