@@ -146,14 +146,10 @@ def train(model, data: list[TaskData], method, settings, preference, *, files: R
     log: list[dict[str, Any]] = []
     first, resumed = 0, None
     torch.manual_seed(settings.seed + 1)  # dropout
-    saved = load_resume(files)
+    saved = _resume(files, model, optimizer)
     if saved is not None:
-        tensors, header = saved
-        model.load_state({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        _load_optimizer_state(optimizer, tensors, header["optimizer"])
-        _set_rng_state(tensors)
-        first = resumed = header["step"]
-        method_state, log = header["method_state"], header["log"]
+        first, method_state, log = saved
+        resumed = first
         reporter.note(f"{method.name}: resuming at step {first} of {total} ({files.resume})")
     model.train()
     reporter.start(total, total, f"{method.name}: training {m} tasks")
@@ -166,11 +162,7 @@ def train(model, data: list[TaskData], method, settings, preference, *, files: R
                 group["lr"] = lr
             row = _step(model, data, orders, method, settings, pref, method_state, step, device,
                         bf16, pad_id, params)
-            if settings.max_grad_norm is not None:
-                row["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
-                    [p for _, p in params], settings.max_grad_norm))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            _update(optimizer, params, settings, row)
             row["lr"] = lr
             done = step + 1
             if evaluate is not None and settings.eval_every and (
@@ -190,6 +182,30 @@ def train(model, data: list[TaskData], method, settings, preference, *, files: R
         reporter.finish()
     model.train(False)
     return TrainResult(model.state(), total, log, time.perf_counter() - started, resumed)
+
+
+def _resume(files: RunFiles, model, optimizer) -> tuple[int, Any, list[dict[str, Any]]] | None:
+    """Restore the saved state (weights, optimizer, RNG) if there is one; returns its step,
+    method state and log, or None when the run starts afresh."""
+    saved = load_resume(files)
+    if saved is None:
+        return None
+    tensors, header = saved
+    model.load_state({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    _load_optimizer_state(optimizer, tensors, header["optimizer"])
+    _set_rng_state(tensors)
+    return header["step"], header["method_state"], header["log"]
+
+
+def _update(optimizer, params, settings, row: dict[str, Any]) -> None:
+    """Clip the update's norm (recorded in `row`) when asked, step, and clear the gradients."""
+    import torch
+
+    if settings.max_grad_norm is not None:
+        row["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
+            [p for _, p in params], settings.max_grad_norm))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _save(files, model, optimizer, step, method_state, log) -> None:
