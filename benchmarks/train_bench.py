@@ -48,7 +48,7 @@ train: {{steps: {args.steps + args.warmup}, batch_size: {args.batch_size}, lr: 2
 def _time(method: str, tasks, folder: Path, args) -> list[float]:
     from prefkit.progress import NullReporter
     from prefkit.recipe import load_recipe
-    from prefkit.recipe.plan import resolve
+    from prefkit.recipe.resolve import resolve
     from prefkit.registry import load_registry
     from prefkit.train import train_plan
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefkit.engine.executor import execute
+from prefkit.engine.executor import ExecuteOptions, execute
 from prefkit.recipe import load_recipe
-from prefkit.recipe.plan import resolve
+from prefkit.recipe.resolve import resolve
 
 
 def write_recipe(folder: Path, text: str, name: str = "recipe.yaml") -> Path:
@@ -29,7 +29,7 @@ def merge(folder: Path, text: str, registry, *, output: str = "out", **kw) -> di
     """Write `text` as a recipe in `folder`, merge it to `folder/output`, return the tensors."""
     recipe = write_recipe(folder, text)
     plan = resolve(load_recipe(recipe), registry, folder / output)
-    execute(plan, force=True, **kw)
+    execute(plan, ExecuteOptions(force=True, **kw))
     return load_tensors(folder / output)
 
 

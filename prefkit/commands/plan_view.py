@@ -14,13 +14,13 @@ def plan_to_dict(plan: Plan) -> dict:
         return p.model_dump(by_alias=True) if p is not None else None
 
     return {
-        "recipe": str(plan.loaded.path),
+        "recipe": str(plan.source.path),
         "method": plan.method.method.name,
         "plugin": plan.method.plugin,
         "output": str(plan.output),
         "base": str(plan.base.path) if plan.base else None,
         "models": [{"model": m.label, "path": str(m.path), "task": m.task} for m in plan.inputs],
-        "preference": plan.loaded.recipe.preference,
+        "preference": list(plan.preference.given) if plan.preference else None,
         "total_bytes": sum(_nbytes(t) for t in plan.tensors),
         "notes": list(plan.notes),
         "tensors": [{

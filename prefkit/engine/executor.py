@@ -22,6 +22,7 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -57,33 +58,52 @@ DEFAULT_SHARD_BYTES = 5 * 1000**3
 
 
 @dataclass(frozen=True)
-class RunResult:
+class MergeResult:
     output: Path
     tensors: int
     bytes_written: int
     seconds: float
 
 
-def execute(plan: Plan, *, reporter: Reporter | None = None, force: bool = False,
-            max_shard_bytes: int = DEFAULT_SHARD_BYTES, weights=None, task_heads=None,
-            provenance=None, allow_nonfinite: bool = False, state=None, files=None,
-            threads: int | None = None, device: str = "cpu") -> RunResult:
-    """Run a Plan and write its output folder.
+@dataclass(frozen=True)
+class ExecuteOptions:
+    """How `execute` runs a Plan.
 
-    Trainer and solver methods pass `weights` (tensor name → tensor, e.g. a trained model) to be
-    written instead of merged, `task_heads` (task → head tensors) for `heads: per_task`, and
-    `provenance` (merged into prefkit.json). An input tensor holding NaN/Inf is an error unless
-    `allow_nonfinite`. Solver methods pass their learned `state` (it reaches `merge` as
-    `info.state`; `prepare` is not called) and `files` (name → text, written into the output).
-    `threads` (None: all cores): the merge's threads, and how many inputs are read at once; an
-    `elementwise` method's chunks are spread over them (torch's own threads set to 1 meanwhile),
-    another method gets them as torch's intra-op threads. Outputs do not depend on it.
-    `device`: where the arithmetic runs ("cpu", or "cuda" with pinned host buffers).
+    `force` replaces an existing output. An input tensor holding NaN/Inf is an error unless
+    `allow_nonfinite`. `threads` (None: all cores): the merge's threads, and how many inputs are
+    read at once; an `elementwise` method's chunks are spread over them (torch's own threads set
+    to 1 meanwhile), another method gets them as torch's intra-op threads. Outputs do not depend
+    on it. `device`: where the arithmetic runs ("cpu", or "cuda" with pinned host buffers).
+
+    What trainer and solver methods hand over: `weights` (tensor name → tensor, e.g. a trained
+    model) are written instead of merged, `task_heads` (task → head tensors) for `heads:
+    per_task`; a solver's learned `state` reaches `merge` as `info.state` (`prepare` is not
+    called); `files` (name → text) are written into the output; `provenance` is merged into
+    prefkit.json.
+    """
+
+    force: bool = False
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES
+    allow_nonfinite: bool = False
+    threads: int | None = None
+    device: str = "cpu"
+    weights: Any = None
+    task_heads: Any = None
+    state: Any = None
+    files: dict[str, str] | None = None
+    provenance: dict[str, Any] | None = None
+
+
+def execute(plan: Plan, options: ExecuteOptions | None = None, *,
+            reporter: Reporter | None = None) -> MergeResult:
+    """Run a Plan and write its output folder (see ExecuteOptions).
 
     Raises:
         OutputError: the output exists and `force` is false, or cannot be written (disk full).
         MergeError / CheckpointError: a method or an input failed; nothing is left behind.
     """
+    o = options or ExecuteOptions()
+    force, max_shard_bytes, weights, device = o.force, o.max_shard_bytes, o.weights, o.device
     check_device(device)
     reporter = reporter or NullReporter()
     out = plan.output
@@ -102,11 +122,11 @@ def execute(plan: Plan, *, reporter: Reporter | None = None, force: bool = False
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        total = _write_tensors(plan, tmp, reporter, max_shard_bytes, weights, allow_nonfinite,
-                               state, threads, device, numpy)
+        total = _write_tensors(plan, tmp, reporter, max_shard_bytes, weights, o.allow_nonfinite,
+                               o.state, o.threads, device, numpy)
         seconds = time.perf_counter() - started
-        _write_side_files(plan, tmp, seconds, task_heads, provenance)
-        for name, text in (files or {}).items():
+        _write_side_files(plan, tmp, seconds, o.task_heads, o.provenance)
+        for name, text in (o.files or {}).items():
             (tmp / name).write_text(text)
         replace_folder(tmp, out)
     except OSError as exc:  # reading errors are CheckpointErrors: this is the output side
@@ -117,7 +137,7 @@ def execute(plan: Plan, *, reporter: Reporter | None = None, force: bool = False
         raise
     finally:
         reporter.finish()
-    return RunResult(out, len(plan.tensors), total, seconds)
+    return MergeResult(out, len(plan.tensors), total, seconds)
 
 
 def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes: int,
@@ -143,7 +163,7 @@ def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes
     outs = [OutTensor(p.name, p.out_dtype, p.shape) for p in plan.tensors]
     writer = ShardWriter(folder, plan_shards(outs, max_shard_bytes), {
         "format": "pt", "prefkit_version": prefkit.__version__,
-        "recipe_sha256": plan.loaded.digest,
+        "recipe_sha256": plan.source.digest,
     }, submit=io.submit)
     total = sum(o.nbytes for o in outs)
     try:
@@ -288,23 +308,23 @@ def _write_side_files(plan: Plan, folder: Path, seconds: float, task_heads=None,
         for pattern in TOKENIZER_FILES:
             for file in sorted(plan.tokenizer_source.glob(pattern)):
                 shutil.copyfile(file, folder / file.name)
-    (folder / "recipe.yaml").write_text(yaml.safe_dump(plan.loaded.data, sort_keys=False))
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(plan.source.data, sort_keys=False))
     models = [m for m in (plan.base, *plan.inputs) if m is not None]
     provenance = {
         "prefkit_version": prefkit.__version__,
         "method": plan.method.method.name,
         "plugin": plan.method.plugin,
-        "recipe": str(plan.loaded.path),
-        "recipe_sha256": plan.loaded.digest,
+        "recipe": str(plan.source.path),
+        "recipe_sha256": plan.source.digest,
         "plan_sha256": plan.digest,
         "inputs": [{"model": m.label, "path": str(m.path), "task": m.task,
                     "fingerprint": fingerprint(m.checkpoint),
                     "role": "base" if m is plan.base else "model",
                     "id2label": (m.checkpoint.config or {}).get("id2label"),
                     "labels": list(m.labels) if m.labels else None} for m in models],
-        "heads": plan.loaded.recipe.heads,
+        "heads": plan.heads,
         "head_tensors": plan.head_tensors,
-        "preference": plan.loaded.recipe.preference,
+        "preference": list(plan.preference.given) if plan.preference else None,
         "notes": list(plan.notes),
         "timings": {"merge_seconds": round(seconds, 3)},
         **(extra or {}),
@@ -312,7 +332,7 @@ def _write_side_files(plan: Plan, folder: Path, seconds: float, task_heads=None,
     (folder / "prefkit.json").write_text(json.dumps(provenance, indent=2) + "\n")
     if task_heads is not None:
         _save_task_heads(task_heads, folder / "heads")
-    elif plan.loaded.recipe.heads == "per_task":
+    elif plan.heads == "per_task":
         _write_task_heads(plan, folder / "heads")
 
 

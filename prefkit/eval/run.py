@@ -109,3 +109,22 @@ def results_table(results: dict[str, Any]) -> str:
         lines.append(f"{name:<20} {r['n']:>6} {r.get('accuracy', float('nan')):>9.4f} "
                      f"{r.get('macro_f1', float('nan')):>9.4f} {r['majority']:>9.4f}")
     return "\n".join(lines)
+
+
+def score_folder(model_dir: Path, names: list[str] | None, registry: Registry,
+                 settings: EvalSettings, *, heads: str | None = None,
+                 extra_tasks: dict[str, Task] | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Score a model folder on tasks (`task_heads` picks each task's head and label order) and
+    write results.json beside it; unless `quiet`, progress and the table go to stderr."""
+    import sys
+
+    from prefkit.progress import NullReporter, RichReporter
+
+    if not model_dir.is_dir():
+        raise DataError(f"{model_dir}: no such model folder")
+    chosen = task_heads(model_dir, names, registry, extra_tasks, heads)
+    reporter = NullReporter() if quiet else RichReporter(unit="examples")
+    results = evaluate_folder(model_dir, chosen, settings, reporter)
+    if not quiet:
+        print(results_table(results), file=sys.stderr)
+    return results

@@ -204,6 +204,25 @@ def load_recipe(path: str | Path, overrides: tuple[str, ...] = ()) -> LoadedReci
     """
     path = Path(path)
     data, marks = parse_yaml(_read_text(path), str(path))
+    return _validated(path, data, marks, overrides)
+
+
+def load_recipe_mapping(data: dict[str, Any], overrides: tuple[str, ...] = ()) -> LoadedRecipe:
+    """A recipe given as a mapping (the Python API): validated as a file's would be, with its
+    relative paths read from the working folder. Errors name `<mapping>` and the field. The
+    mapping is not changed."""
+    import copy
+
+    path = Path(MAPPING)
+    if not isinstance(data, dict):
+        raise RecipeError("a recipe must be a mapping (merge_method:, models:, ...)", where=MAPPING)
+    return _validated(path, copy.deepcopy(data), {}, overrides)
+
+
+MAPPING = "<mapping>"
+
+
+def _validated(path: Path, data: Any, marks: Marks, overrides: tuple[str, ...]) -> LoadedRecipe:
     if not isinstance(data, dict):
         raise RecipeError("a recipe must be a YAML mapping (merge_method:, models:, ...)",
                           where=f"{path}:1:1")

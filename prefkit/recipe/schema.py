@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from prefkit.sweeps.spec import LoggingSpec, MethodEntry, PreferenceGrid, WandbSpec, preferences_value
+from prefkit.recipe.sweep_keys import LoggingSpec, MethodEntry, PreferenceGrid, WandbSpec, preferences_value
 
 DTYPES = {
     "float32": "float32", "fp32": "float32", "float": "float32",

@@ -1,6 +1,7 @@
 """The sweep keys of a recipe (pydantic, unknown keys forbidden): `preferences`, `methods`,
 `keep_models`, `wandb`, `logging`. `prefkit.recipe.schema.Recipe` holds them as top-level fields;
-what they mean is in `prefkit.sweeps.points`."""
+what they mean is in `prefkit.sweeps.points`. (Part of the recipe schema, so the schema
+imports nothing of the sweep machinery.)"""
 
 from __future__ import annotations
 

@@ -2,10 +2,11 @@
 (method, preference) point as an ordinary recipe, caches each by content hash, scores it, and
 reports the fronts (hypervolume, alignment, plots).
 
-Modules: `spec` (the recipe keys), `grid` (preference grids), `points` (expansion, checks, cache
-keys), `store` (the output folder and results.jsonl), `runner` (one point, in any process),
-`executors` (in-process, process pool, Ray), `run` (the sweep), `report` and `plots` (from
-results.jsonl alone), `tracking` (W&B), `logs` (log format). Heavy imports stay inside functions.
+Modules: `grid` (preference grids), `points` (expansion, checks, cache keys), `store` (the
+output folder and results.jsonl), `point` (one point, in any process), `executors` (in-process,
+process pool, Ray), `run` (the sweep), `results` (scored points from results.jsonl), `report` and
+`plots` (from them alone), `tracking` (W&B), `logs` (log format). The recipe keys of a sweep are
+`prefkit.recipe.sweep_keys`. Heavy imports stay inside functions.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from prefkit.sweeps.report import SweepResults
+from prefkit.sweeps.results import SweepResults
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _METADATA = {"Software": None}  # no version stamp: the same results give the same bytes

@@ -100,7 +100,7 @@ def run_point(job: PointJob, registry=None) -> dict[str, Any]:
 def _score(job: PointJob, registry) -> tuple[dict[str, Any], bool]:
     """(per-task results, whether a merge ran). A complete model folder (the executor renames it
     into place only when whole) is re-scored, not merged again, unless forced."""
-    from prefkit.commands.run_batch import evaluate_output, run_recipe
+    from prefkit import runner
     from prefkit.recipe import load_recipe
 
     folder = Path(job.folder)
@@ -111,6 +111,7 @@ def _score(job: PointJob, registry) -> tuple[dict[str, Any], bool]:
         raise PrefkitError(f"{folder.name}: no stored model to re-score",
                            hint="run the sweep without --evaluate-only (keep_models: true keeps them)")
     if stored and (job.evaluate_only or not job.force):
-        return evaluate_output(loaded, model, registry, True)["tasks"], False
-    line = run_recipe(loaded, registry, output=model, force=True, quiet=True)
-    return line["results"], True
+        return runner.evaluate_output(loaded, model, registry, True)["tasks"], False
+    result = runner.run_recipe(loaded, registry, output=model, force=True,
+                               options=runner.RunOptions(quiet=True))
+    return result.scores, True

@@ -18,8 +18,8 @@ from typing import Any
 
 from prefkit.errors import CheckpointError, PrefkitError, RecipeErrors
 from prefkit.recipe.loader import LoadedRecipe, Marks
+from prefkit.recipe.sweep_keys import PreferenceGrid
 from prefkit.sweeps.grid import simplex_grid
-from prefkit.sweeps.spec import PreferenceGrid
 
 SWEEP_KEYS = ("preferences", "methods", "keep_models", "wandb", "logging")
 METHOD_KEYS = ("merge_method", "parameters", "train")
@@ -129,7 +129,7 @@ def check_sweep(sweep: LoadedRecipe, registry) -> list[Point]:
     Raises:
         RecipeError / RecipeErrors: located in the sweep file.
     """
-    from prefkit.recipe.plan import check
+    from prefkit.recipe.resolve import check
 
     recipe = sweep.recipe
     errors: list[PrefkitError] = []

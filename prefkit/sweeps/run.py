@@ -150,6 +150,23 @@ def _prepare(point: Point, loaded, out: Path, fingerprints: dict[str, str], forc
     return job, ({**stored, **record, "cached": True} if reusable else None)
 
 
+def run_sweep_recipe(loaded, registry, *, output=None, force: bool = False, quiet: bool = False,
+                     options: SweepOptions | None = None):
+    """Run a sweep with the recipe's logging: settings (the options' win); returns a SweepResult
+    (raises SweepError when some points failed, after storing the others)."""
+    from prefkit.sweeps.logs import configure_logging
+    from prefkit.sweeps.results import SweepResult
+
+    options = options or SweepOptions()
+    spec = loaded.recipe.logging
+    configure_logging(options.log_level or (spec.level if spec else "info"),
+                      options.log_format or (spec.format if spec else "simple"),
+                      options.log_file or (spec.file if spec else None), quiet=quiet)
+    line = run_sweep(loaded, registry, output=output, force=force, options=options, quiet=quiet)
+    out = Path(line["output"])
+    return SweepResult(out, list(latest(_read(out)).values()), Path(line["report"]), line)
+
+
 def describe(line: dict[str, Any]) -> str:
     """One stderr line for a finished sweep."""
     return (f"sweep {line['output']}: {line['points']} points ({line['cached']} cached, "

@@ -62,7 +62,7 @@ def prefkit_registry():
 def prefkit_merge(tmp_path):
     from prefkit.engine.executor import execute
     from prefkit.recipe import load_recipe
-    from prefkit.recipe.plan import resolve
+    from prefkit.recipe.resolve import resolve
 
     def merge(recipe_text: str, registry=None) -> dict[str, Any]:
         from safetensors.torch import load_file

@@ -182,7 +182,7 @@ class MergedClassifier:
         from prefkit.io.checkpoint import TensorReader
         from prefkit.train.model import MultiTaskModel
 
-        self.per_task = plan.loaded.recipe.heads == "per_task"
+        self.per_task = plan.heads == "per_task"
         self.tasks = tasks
         net = MultiTaskModel(plan, tasks, per_task=self.per_task, seed=settings.seed,
                              train_layers=None)
@@ -248,7 +248,7 @@ def unlabeled(context: SolveContext, tokenizer) -> list[Any]:
     for task in context.tasks:
         if settings.corpus is not None:
             if corpus is None:
-                texts = _corpus(settings.corpus, context.plan.loaded.path.parent)
+                texts = _corpus(settings.corpus, context.plan.source.path.parent)
                 keep = subset_indices(len(texts), settings.num_samples, settings.seed)
                 corpus = dict(tokenizer([texts[i] for i in keep], truncation=True,
                                         max_length=settings.max_length))

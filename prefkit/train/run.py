@@ -71,7 +71,7 @@ def cache_key(plan, tasks, orders, preference, device: str, bf16: bool) -> dict[
         "method": plan.method.method.name,
         "settings": settings.model_dump(exclude=set(settings.NOT_IN_CACHE_KEY)),
         "preference": [round(float(p), 12) for p in preference],
-        "heads": plan.loaded.recipe.heads,
+        "heads": plan.heads,
         "base": fingerprint(plan.base.checkpoint) if plan.base else None,
         "tokenizer": _tokenizer_fingerprint(plan.tokenizer_source),
         "inputs": [{"task": m.task, "fingerprint": fingerprint(m.checkpoint), "order": order}
@@ -100,20 +100,17 @@ def train_plan(plan, registry, *, reporter, extra_tasks=None, on_step=None) -> T
     """Train the plan's model, or reuse the cached one (`train.evaluate_only` requires it)."""
     import torch
 
-    from prefkit.moo import normalize_preference
-
     settings = plan.train
     method = plan.method.method
     extra_tasks = extra_tasks or {}
     tasks = [extra_tasks.get(m.task) or registry.task(m.task).task for m in plan.inputs]
     orders = _orders(plan, tasks)
-    m = len(tasks)
-    preference = normalize_preference(plan.loaded.recipe.preference or [1.0] * m, m).tolist()
+    preference = list(plan.task_preference)
     device, bf16 = resolve_device(settings)
     key = cache_key(plan, tasks, orders, preference, device, bf16)
     files = RunFiles(Path(settings.cache_dir), f"{method.name}_{cache_hash(key)}")
     labels = {t.name: [t.label_names[j] for j in order] for t, order in zip(tasks, orders)}
-    per_task = plan.loaded.recipe.heads == "per_task"
+    per_task = plan.heads == "per_task"
     if files.model.is_file():
         reporter.note(f"{method.name}: cached model {files.model}")
         tensors, summary = load_model(files)

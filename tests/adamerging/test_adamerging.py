@@ -17,7 +17,7 @@ from prefkit.eval.run import inline_tasks
 from prefkit.moo import normalize_preference
 from prefkit.progress import NullReporter
 from prefkit.recipe import load_recipe
-from prefkit.recipe.plan import resolve
+from prefkit.recipe.resolve import resolve
 from prefkit.train.adamerging import Coefficients, MergedClassifier, Objective, learn, unlabeled
 from prefkit.train.data import BatchOrder, collate
 from tests.conftest import builtin_plugins

@@ -13,7 +13,7 @@ from prefkit.cli import build_cli
 from prefkit.errors import CheckpointError, RecipeError
 from prefkit.io.hub import HubRef, download, offline_mode
 from prefkit.recipe import load_recipe
-from prefkit.recipe.plan import resolve
+from prefkit.recipe.resolve import resolve
 from tests.ecosystem.hub_fixtures import lora_delta
 from tests.helpers import load_tensors, merge, write_recipe
 

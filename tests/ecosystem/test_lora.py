@@ -10,7 +10,7 @@ import transformers
 
 from prefkit.errors import RecipeError
 from prefkit.recipe import load_recipe
-from prefkit.recipe.plan import resolve
+from prefkit.recipe.resolve import resolve
 from prefkit.testing import tiny_config
 from tests.helpers import merge, write_recipe
 

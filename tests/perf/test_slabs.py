@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 import prefkit.engine.executor as executor
 from prefkit.engine.slabs import Slab, slabs_of
 from prefkit.recipe import load_recipe
-from prefkit.recipe.plan import resolve
+from prefkit.recipe.resolve import resolve
 from tests.helpers import quantized_zoo, write_recipe
 
 RECIPE = """\
@@ -62,7 +62,7 @@ def _run(folder, text, registry, output, *, budget=None, monkeypatch=None, **kw)
     if budget is not None:
         monkeypatch.setattr(executor, "DEFAULT_BUDGET", budget)
     plan = resolve(load_recipe(write_recipe(folder, text, f"{output}.yaml")), registry, folder / output)
-    executor.execute(plan, force=True, **kw)
+    executor.execute(plan, executor.ExecuteOptions(force=True, **kw))
     if budget is not None:
         monkeypatch.undo()
     return folder / output

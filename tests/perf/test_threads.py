@@ -16,7 +16,7 @@ from click.testing import CliRunner
 import prefkit.engine.executor as executor
 from prefkit.cli import build_cli
 from prefkit.recipe import load_recipe
-from prefkit.recipe.plan import resolve
+from prefkit.recipe.resolve import resolve
 from prefkit.testing import make_zoo
 from tests.conftest import builtin_plugins
 from tests.helpers import write_recipe
@@ -71,7 +71,7 @@ def test_same_bytes_with_one_or_three_threads(case, budget, big_zoo, registry, t
     before = torch.get_num_threads()
     for n in (1, 3):
         plan = resolve(load_recipe(recipe), registry, big_zoo / f"out-{case}-{n}")
-        executor.execute(plan, force=True, threads=n)
+        executor.execute(plan, executor.ExecuteOptions(force=True, threads=n))
         assert torch.get_num_threads() == before  # the merge's setting does not leak out
         digests[n] = _digest(big_zoo / f"out-{case}-{n}")
     assert digests[1] == digests[3]
@@ -96,8 +96,8 @@ def test_chunks_are_spread_over_the_threads(big_zoo, registry, monkeypatch):
     for module in ("linear", "task_arithmetic", "ties"):
         monkeypatch.setattr(f"prefkit.plugins.{module}.map_chunks", spy)
     recipe = write_recipe(big_zoo, RECIPE.format(method="ties", params="{weight: 1}"), "spread.yaml")
-    executor.execute(resolve(load_recipe(recipe), registry, big_zoo / "spread"), force=True,
-                     threads=3)
+    executor.execute(resolve(load_recipe(recipe), registry, big_zoo / "spread"),
+                     executor.ExecuteOptions(force=True, threads=3))
     workers = {name for name in seen if name.startswith("prefkit-merge")}
     assert len(workers) >= 2  # (a tensor of one chunk runs on the calling thread)
 

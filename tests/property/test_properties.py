@@ -11,7 +11,7 @@ from prefkit.plugins.ties import TiesMethod, TiesModelParams, TiesParams
 
 from prefkit.api import TensorInfo, WeightParams
 from prefkit.recipe import load_recipe
-from prefkit.recipe.plan import resolve
+from prefkit.recipe.resolve import resolve
 from tests.helpers import write_recipe
 
 INFO = TensorInfo("w", None, 0.0, ())

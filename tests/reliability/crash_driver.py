@@ -44,8 +44,8 @@ def context():
     ctx = multiprocessing.get_context("forkserver")
     # The server does not get the test's sys.path (Python 3.11 ignores it), so preload what is
     # importable from site-packages: the heavy part, torch and prefkit.
-    ctx.set_forkserver_preload(["torch", "prefkit.cli", "prefkit.engine.executor", "prefkit.recipe.plan",
-                                "prefkit.commands.run_batch", "prefkit.plugins.ties"])
+    ctx.set_forkserver_preload(["torch", "prefkit.cli", "prefkit.engine.executor", "prefkit.recipe.resolve",
+                                "prefkit.batch", "prefkit.plugins.ties"])
     return ctx
 
 

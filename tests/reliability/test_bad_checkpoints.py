@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from prefkit.engine.executor import execute
 from prefkit.errors import CheckpointError
 from prefkit.recipe import load_recipe
-from prefkit.recipe.plan import resolve
+from prefkit.recipe.resolve import resolve
 from tests.helpers import load_tensors, write_recipe
 from tests.reliability.conftest import invoke
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from prefkit.engine.executor import execute
+from prefkit.engine.executor import ExecuteOptions, execute
 from prefkit.recipe import load_recipe
-from prefkit.recipe.plan import resolve
+from prefkit.recipe.resolve import resolve
 from prefkit.testing import make_zoo
 from tests.reliability.conftest import pinned_registry
 
@@ -55,7 +55,7 @@ def merge(root: Path, name: str, output: str, threads: int) -> dict[str, str]:
         recipe = root / f"{name}.yaml"
         recipe.write_text(RECIPES[name])
         plan = resolve(load_recipe(recipe), pinned_registry(), root / output)
-        execute(plan, force=True, max_shard_bytes=400_000)  # several shards
+        execute(plan, ExecuteOptions(force=True, max_shard_bytes=400_000))  # several shards
     finally:
         torch.set_num_threads(before)
     return output_bytes(root / output)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from prefkit.errors import PrefkitError, RecipeError
 from prefkit.recipe.loader import LoadedRecipe, load_recipe
-from prefkit.recipe.plan import check
+from prefkit.recipe.resolve import check
 from tests.reliability.conftest import pinned_registry
 
 REGISTRY = pinned_registry()

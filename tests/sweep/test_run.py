@@ -9,7 +9,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-import prefkit.commands.run_batch as run_batch
+import prefkit.runner as runner
 from prefkit.cli import build_cli
 from prefkit.recipe import load_recipe
 from prefkit.sweeps import SweepOptions, is_sweep
@@ -22,7 +22,7 @@ from tests.sweep.conftest import IN_PROCESS, TWO_METHODS, by_key, copy_sweep, wr
 def counted(monkeypatch):
     """Counts merges (run_recipe) and scorings (evaluate_output) in this process."""
     calls = {"merge": 0, "score": 0}
-    merge, score = run_batch.run_recipe, run_batch.evaluate_output
+    merge, score = runner.run_recipe, runner.evaluate_output
 
     def counting_merge(*args, **kw):
         calls["merge"] += 1
@@ -32,8 +32,8 @@ def counted(monkeypatch):
         calls["score"] += 1
         return score(*args, **kw)
 
-    monkeypatch.setattr(run_batch, "run_recipe", counting_merge)
-    monkeypatch.setattr(run_batch, "evaluate_output", counting_score)
+    monkeypatch.setattr(runner, "run_recipe", counting_merge)
+    monkeypatch.setattr(runner, "evaluate_output", counting_score)
     return calls
 
 
@@ -54,8 +54,9 @@ def test_every_point_is_an_ordinary_stored_recipe(finished, sweep_registry, tmp_
     record = records[4]
     recipe = load_recipe(out / "points" / record["point"] / "recipe.yaml")
     assert not is_sweep(recipe) and recipe.recipe.preference == record["preference"]
-    alone = run_batch.run_recipe(recipe, sweep_registry, output=tmp_path / "alone", quiet=True)
-    assert alone["results"] == record["results"]
+    alone = runner.run_recipe(recipe, sweep_registry, output=tmp_path / "alone",
+                              options=runner.RunOptions(quiet=True))
+    assert alone.scores == record["results"]
     assert (out / "report.md").is_file() and (out / "sweep.yaml").is_file()
 
 
@@ -78,7 +79,7 @@ def test_rerun_of_a_finished_sweep_does_no_work(finished, tmp_path, sweep_regist
 
 def test_resume_after_a_simulated_crash(finished, tmp_path, tiny_zoo, sweep_registry, monkeypatch):
     path = write_sweep(tmp_path, tiny_zoo, methods=TWO_METHODS)
-    score, merge = run_batch.evaluate_output, run_batch.run_recipe
+    score, merge = runner.evaluate_output, runner.run_recipe
     calls = {"merge": 0, "score": 0, "crash": True}
 
     def crash_on_third(*args, **kw):  # the process dies after merging the third point
@@ -91,8 +92,8 @@ def test_resume_after_a_simulated_crash(finished, tmp_path, tiny_zoo, sweep_regi
         calls["merge"] += 1
         return merge(*args, **kw)
 
-    monkeypatch.setattr(run_batch, "evaluate_output", crash_on_third)
-    monkeypatch.setattr(run_batch, "run_recipe", counting_merge)
+    monkeypatch.setattr(runner, "evaluate_output", crash_on_third)
+    monkeypatch.setattr(runner, "run_recipe", counting_merge)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(load_recipe(path), sweep_registry, options=IN_PROCESS)
     out = tmp_path / "out"

@@ -15,7 +15,7 @@ from prefkit.eval.run import inline_tasks
 from prefkit.moo import non_uniformity
 from prefkit.progress import NullReporter
 from prefkit.recipe import load_recipe
-from prefkit.recipe.plan import resolve
+from prefkit.recipe.resolve import resolve
 from prefkit.train import train_plan
 from prefkit.train.data import BatchOrder
 from prefkit.train.loop import learning_rate

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from prefkit.engine.executor import execute
+from prefkit.engine.executor import ExecuteOptions, execute
 from prefkit.errors import CheckpointError, MergeError, PrefkitError
 from prefkit.recipe import load_recipe
-from prefkit.recipe.plan import resolve
+from prefkit.recipe.resolve import resolve
 from tests.helpers import load_tensors, merge, quantized_zoo, write_recipe
 
 REF = """\
@@ -186,7 +186,7 @@ def test_force_replaces_only_when_complete(workdir, registry, monkeypatch):
     before = (workdir / "out" / "model.safetensors").read_bytes()
     monkeypatch.setattr(plan.method.method, "merge", lambda *a, **k: 1 / 0)
     with pytest.raises(MergeError):
-        execute(plan, force=True)
+        execute(plan, ExecuteOptions(force=True))
     assert (workdir / "out" / "model.safetensors").read_bytes() == before
 
 

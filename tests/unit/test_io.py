@@ -13,7 +13,7 @@ from prefkit.errors import CheckpointError
 from prefkit.io.checkpoint import Checkpoint
 from prefkit.io.writer import OutTensor, ShardWriter, plan_shards
 from prefkit.recipe import load_recipe
-from prefkit.recipe.plan import resolve
+from prefkit.recipe.resolve import resolve
 from tests.helpers import load_tensors, merge, write_recipe
 
 
