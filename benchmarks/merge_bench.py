@@ -576,6 +576,8 @@ def build_extensions(root: Path, sha: str) -> None:
     if setup.returncode != 0:  # a commit from before the extension
         return
     (root / "setup.py").write_text(setup.stdout)
+    if not (root / "plugins").exists():  # setup.py names plugins/ties/_kernels.c by its repo path
+        (root / "plugins").symlink_to(Path("prefkit") / "plugins")
     subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=root,
                    check=True, capture_output=True)
 
@@ -593,7 +595,11 @@ def _env() -> dict:
 def check_prefkit_origin() -> str:
     """Where the children import prefkit and its plugins from."""
     code = ("import prefkit, prefkit.plugins.ties as t; print(prefkit.__file__); print(t.__file__)\n"
-            "import importlib.util as u; spec = u.find_spec('prefkit._kernels')\n"
+            "import importlib.util as u\n"
+            "def spec(name):\n"
+            "    try: return u.find_spec(name)\n"
+            "    except ImportError: return None\n"  # (snapshots from before TIES was a package)
+            "spec = spec('prefkit.plugins.ties._kernels') or spec('prefkit._kernels')\n"
             "print(spec.origin if spec else '-')")
     proc = subprocess.run([sys.executable, "-c", code], env=_env(), cwd=CACHE, capture_output=True,
                           text=True, check=True)

@@ -1,4 +1,4 @@
-"""The fused C loops (`prefkit.kernels`) give the eager torch path's bits, and really run.
+"""TIES's fused C loops (`prefkit.plugins.ties.kernels`) give the eager path's bits, and really run.
 
 Every TIES merge below runs twice, with `PREFKIT_KERNELS=torch` (eager) and with the kernels,
 on tensors of several chunks (so chunks run on two threads) with zeros, ties at the cut-off,
@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from prefkit.plugins.ties import TiesMethod, TiesModelParams, TiesParams
+from prefkit.plugins.ties import TiesMethod, TiesModelParams, TiesParams, kernels
+from prefkit.plugins.ties.cut import MagnitudeCut, task_vector_cut_point
+from prefkit.plugins.ties.fused import kernels_enabled, kernels_for
+from prefkit.plugins.ties.histograms import high_histogram, low_histogram
+from prefkit.plugins.ties.selection import PREDICT_MIN, MagnitudeSelection
 
-from prefkit import kernels, ops
+from prefkit import ops
 from prefkit.api import TensorInfo
 
 N = 3 * ops.CHUNK + 12_345  # several chunks, the last one short
@@ -69,7 +73,7 @@ def test_fused_merge_gives_the_eager_bits(case, special, monkeypatch):
     monkeypatch.setenv("PREFKIT_KERNELS", "torch")
     eager = _merge(base, models, params, model_params, threads=2)
     monkeypatch.delenv("PREFKIT_KERNELS")
-    assert ops.kernels(base) is kernels
+    assert kernels_for(base) is kernels
     calls = []
     chunk = kernels.TiesChunk.__call__
     monkeypatch.setattr(kernels.TiesChunk, "__call__",
@@ -109,12 +113,12 @@ def _special_values(n: int) -> torch.Tensor:
 def test_fused_histograms_equal_bincount():
     values = _special_values(N)
     bits = ops.magnitude_bits(values)
-    high_bin = int(ops.bin_of_kth_largest(ops.high_histogram(bits), N // 5)[0])
+    high_bin = int(ops.bin_of_kth_largest(high_histogram(bits), N // 5)[0])
     lo, hi = (high_bin - 2) << 16, (high_bin + 3) << 16
     counts, near = kernels.high_counts(values, window=(lo, hi))
-    assert torch.equal(counts, ops.high_histogram(bits))
+    assert torch.equal(counts, high_histogram(bits))
     assert torch.equal(near, bits[(bits >= lo) & (bits < hi)])  # in order, every one of them
-    assert torch.equal(kernels.low_counts(values, high_bin), ops.low_histogram(bits, high_bin))
+    assert torch.equal(kernels.low_counts(values, high_bin), low_histogram(bits, high_bin))
     assert int(counts.sum()) == N and 0 < near.numel() < N // kernels.KEPT_ROOM
 
 
@@ -126,7 +130,7 @@ def test_fused_task_vector_and_overflowing_window():
     got = values.clone()
     counts, near = kernels.high_counts(got, base, window=(0, 0x7F800000))  # every finite |τ|
     assert torch.equal(got.view(torch.int32), tau.view(torch.int32))
-    assert torch.equal(counts, ops.high_histogram(ops.magnitude_bits(tau)))
+    assert torch.equal(counts, high_histogram(ops.magnitude_bits(tau)))
     assert near is None
 
 
@@ -135,7 +139,7 @@ def test_the_predicted_window_spares_the_second_round(monkeypatch):
     from two when the prediction misses; both equal a sort."""
     monkeypatch.delenv("PREFKIT_KERNELS", raising=False)
     g = torch.Generator().manual_seed(5)
-    base = torch.randn(ops.PREDICT_MIN + 999, generator=g)
+    base = torch.randn(PREDICT_MIN + 999, generator=g)
     tensor = base + torch.randn(base.numel(), generator=g) * 1e-3
     k = base.numel() // 5
     tau = tensor - base
@@ -143,18 +147,18 @@ def test_the_predicted_window_spares_the_second_round(monkeypatch):
     want_threshold = float(torch.sort(mag, descending=True).values[k - 1])
     want = (want_threshold, int((mag > want_threshold).sum()), int((mag == want_threshold).sum()))
 
-    selection = ops.MagnitudeSelection(top_fraction=0.2)
+    selection = MagnitudeSelection(top_fraction=0.2)
     selection.add_task_vector(tensor.clone(), base)
     assert selection.choose(k) is False  # found among the kept patterns
     assert selection.result() == want
 
-    misled = ops.MagnitudeSelection(top_fraction=0.9)  # predicts far below the cut-off
+    misled = MagnitudeSelection(top_fraction=0.9)  # predicts far below the cut-off
     moved = tensor.clone()
     misled.add_task_vector(moved, base)
     assert misled.choose(k) is True
     misled.add(moved)
     assert misled.result() == want
-    assert ops.task_vector_cut_point(tensor.clone(), base, k) == want
+    assert task_vector_cut_point(tensor.clone(), base, k) == want
     late = tensor.clone()
     selection.add_task_vector(late, base)  # after the last round: ignored, but τ is formed
     assert torch.equal(late, tau) and selection.result() == want
@@ -172,7 +176,7 @@ def test_streamed_pieces_keep_little_and_stay_exact(monkeypatch):
     k = int(0.2 * tensor.numel())
 
     def streamed(tensor):
-        selection = ops.MagnitudeSelection(top_fraction=0.2, streamed=True)
+        selection = MagnitudeSelection(top_fraction=0.2, streamed=True)
         kept = []
         for start in range(0, rows, 300):
             selection.add_task_vector(tensor[start:start + 300], base[start:start + 300])
@@ -201,30 +205,36 @@ def test_streamed_pieces_keep_little_and_stay_exact(monkeypatch):
 
 def test_which_tensors_take_the_kernels(monkeypatch):
     monkeypatch.delenv("PREFKIT_KERNELS", raising=False)
-    assert ops.kernels(torch.zeros(2)) is kernels  # built by the install (`make setup`)
-    assert ops.kernels(torch.zeros(2), torch.zeros(2, dtype=torch.float64)) is None
-    assert ops.kernels(torch.zeros(2, dtype=torch.bfloat16)) is None
-    assert ops.kernels(torch.zeros(2, device="meta")) is None
+    assert kernels_for(torch.zeros(2)) is kernels  # built by the install (`make setup`)
+    assert kernels_for(torch.zeros(2), torch.zeros(2, dtype=torch.float64)) is None
+    assert kernels_for(torch.zeros(2, dtype=torch.bfloat16)) is None
+    assert kernels_for(torch.zeros(2, device="meta")) is None
     monkeypatch.setenv("PREFKIT_KERNELS", "torch")
-    assert ops.kernels(torch.zeros(2)) is None
+    assert kernels_for(torch.zeros(2)) is None
 
 
 def test_without_the_extension_merges_take_the_eager_path(monkeypatch):
-    """An install without a C compiler skips the (optional) extension: `prefkit.kernels` then
-    fails to import and `ops.kernels` answers None."""
+    """An install without a C compiler skips the (optional) extension: the TIES plugin's
+    `kernels` then fails to import, `fused.kernels_for` answers None and TIES takes torch
+    tensors; its merges take the eager path and give the same bits."""
     import importlib
     import sys
 
-    import prefkit
+    import prefkit.plugins.ties as ties
 
     monkeypatch.delenv("PREFKIT_KERNELS", raising=False)
-    monkeypatch.delattr(prefkit, "kernels")
-    monkeypatch.setitem(sys.modules, "prefkit.kernels", None)  # as if its import failed
-    assert ops.kernels(torch.zeros(2)) is None
+    base, models = _inputs(seed=1, special=True)
+    params = [TiesModelParams(weight=w, density=0.2) for w in (0.5, -0.3, 1.7)]
+    with_kernels = _merge(base, models, TiesParams(), params, threads=2)
+    monkeypatch.delattr(ties, "kernels")
+    monkeypatch.setitem(sys.modules, "prefkit.plugins.ties.kernels", None)  # as if it failed
+    assert kernels_for(torch.zeros(2)) is None and not kernels_enabled()
+    assert not TiesMethod().takes_numpy
+    assert _same_bits(_merge(base, models, TiesParams(), params, threads=2), with_kernels)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    monkeypatch.delitem(sys.modules, "prefkit.kernels")
+    monkeypatch.delitem(sys.modules, "prefkit.plugins.ties.kernels")
     with pytest.raises(ImportError, match="not built"):
-        importlib.import_module("prefkit.kernels")
+        importlib.import_module("prefkit.plugins.ties.kernels")
 
 
 def _sorted_cut(pieces, k):
@@ -235,13 +245,13 @@ def _sorted_cut(pieces, k):
 
 def _mixed_selection(taus, bases, *, total, numpy: bool = False):
     """A whole task vector's pieces through a `mixed` selection (round 2 over the first `rescan`
-    pieces only, as `plugins/ties.py` does): the result, and `rescan` (-1: no second round).
+    pieces only, as the TIES plugin's `_cuts` does): the result, and `rescan` (-1: no second round).
     `numpy`: the pieces as numpy arrays (TIES on numpy)."""
     n = sum(t.numel() for t in taus)
     k = int(0.2 * n)
     if numpy:
         taus, bases = [t.numpy() for t in taus], [b.numpy() for b in bases]
-    selection = ops.MagnitudeSelection(top_fraction=0.2, mixed=True, total=total)
+    selection = MagnitudeSelection(top_fraction=0.2, mixed=True, total=total)
     for tau, base in zip(taus, bases):
         selection.add_task_vector(tau + base, base)
     if not selection.choose(k):
@@ -298,7 +308,7 @@ def test_mixed_pieces_that_move_the_cut_off_late_stay_exact(monkeypatch):
 
     taus, bases = _loud_head_first(9)
     total = sum(t.numel() for t in taus)
-    selection = ops.MagnitudeSelection(top_fraction=0.2, mixed=True, total=total)
+    selection = MagnitudeSelection(top_fraction=0.2, mixed=True, total=total)
     for tau, base in zip(taus, bases):
         selection.add_task_vector(tau + base, base)
     assert selection.choose(int(0.2 * total)) and 0 < selection.rescan < len(taus)
@@ -337,7 +347,7 @@ def test_split_off_gives_a_tensor_its_ties_or_none(path, monkeypatch):
     two[[5, N - 1]] = torch.tensor([t, -t])
     more[[0, ops.CHUNK + 1]] = torch.tensor([-t, t])
     more[7] = t * 1.5  # above the threshold: not a tie
-    cut = ops.MagnitudeCut(t, 3, 5)
+    cut = MagnitudeCut(t, 3, 5)
     assert cut.ordered(torch.float32)
     own = cut.split_off(two)
     assert (own.threshold, own.ties, own.equal) == (t, 2, 2) and not own.ordered(torch.float32)

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from prefkit.plugins.ties.cut import magnitude_cut_point
+from prefkit.plugins.ties.selection import MagnitudeSelection
 
 import prefkit.engine.executor as executor
-from prefkit.ops import CHUNK, MagnitudeSelection, kth_largest_magnitude
+from prefkit.ops import CHUNK, kth_largest_magnitude
 from prefkit.recipe import load_recipe
 from prefkit.recipe.plan import resolve
 from prefkit.testing import make_zoo
@@ -142,6 +144,7 @@ def test_cut_off_of_a_tensor_of_several_chunks_equals_a_sort(n):
         greater = int((magnitudes > threshold).sum())
         assert kth_largest_magnitude(delta, k) == (threshold, greater), density
         selection = MagnitudeSelection()  # streamed in pieces larger than a chunk
+        assert magnitude_cut_point(delta, k)[:2] == (threshold, greater), density  # TIES's
         for piece in delta.split(CHUNK + 1001):
             selection.add(piece)
         if selection.choose(k):

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from prefkit.plugins.ties.cut import MagnitudeCut, magnitude_cut_point, task_vector_cut_point
 from safetensors.torch import load_file, save_file
 
 import prefkit.engine.executor as executor
@@ -303,7 +304,11 @@ def test_linear_keeps_torch_without_the_c_extension(zoos, tmp_path, registry, mo
     """numpy has no fused multiply-add: without the C loop, linear would not give addcmul_'s
     bits, so it merges torch tensors; TIES's float32 work is C loops too (and its eager path is
     torch's). Task arithmetic needs neither and stays on numpy. `PREFKIT_KERNELS=torch` too."""
-    import prefkit.clib
+    import sys
+
+    import prefkit.plugins.ties as ties
+
+    from prefkit.engine import clib
 
     def plan_of(method):
         params = "{weight: 0.5, density: 0.5}" if method == "ties" else "{weight: 0.5}"
@@ -315,7 +320,9 @@ def test_linear_keeps_torch_without_the_c_extension(zoos, tmp_path, registry, mo
     monkeypatch.setenv("PREFKIT_KERNELS", "torch")  # the eager path asked for: torch's
     assert executor.numpy_merge(plan_of("ties")) is False
     monkeypatch.delenv("PREFKIT_KERNELS")
-    monkeypatch.setattr(prefkit.clib, "library", lambda: None)
+    monkeypatch.setattr(clib, "library", lambda module, signatures: None)  # no prefkit.engine._fma
+    monkeypatch.delattr(ties, "kernels")  # and no TIES loops: their wrappers' import fails
+    monkeypatch.setitem(sys.modules, "prefkit.plugins.ties.kernels", None)
     for method, expected in (("linear", False), ("task_arithmetic", True), ("ties", False)):
         assert executor.numpy_merge(plan_of(method)) is expected
 
@@ -332,10 +339,11 @@ def test_cut_points_on_numpy_equal_a_sort(density):
             continue  # TIES takes numpy arrays in float32 only
         k = max(1, int(density * delta.numel()))
         want = _reference(delta, k)
-        assert ops.magnitude_cut_point(delta.numpy().copy(), k) == want, name
+        assert magnitude_cut_point(delta.numpy().copy(), k) == want, name
+        assert ops.kth_largest_magnitude(delta.numpy().copy(), k) == want[:2], name
         base = np.linspace(-1, 1, delta.numel(), dtype=np.float32)
         tau = (delta.numpy() + base) - base
-        assert ops.task_vector_cut_point(tau + base, base, k) == _reference(torch.from_numpy(tau), k)
+        assert task_vector_cut_point(tau + base, base, k) == _reference(torch.from_numpy(tau), k)
 
 
 def test_mixed_selections_on_numpy_equal_torch(monkeypatch):
@@ -360,7 +368,7 @@ def test_split_off_and_ordered_trims_on_numpy():
               torch.tensor([0.25, 0.875])]
     results = []
     for library in ("torch", "numpy"):
-        cut = ops.MagnitudeCut(0.25, 3, 5)
+        cut = MagnitudeCut(0.25, 3, 5)
         kept = []
         for piece in pieces:
             piece = piece.clone() if library == "torch" else piece.numpy().copy()

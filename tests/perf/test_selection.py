@@ -1,16 +1,18 @@
 """The exact k-th largest |δ| (TIES's cut-off), by every path prefkit takes to it, against a sort.
 
 Paths: a direct selection for small tensors; for float32 on the CPU, two radix rounds counted by
-the fused C histograms (`prefkit.kernels`); otherwise (`PREFKIT_KERNELS=torch`, other dtypes,
-GPUs) one windowed `bincount` pass when a sample predicts the cut-off (the usual case), and two
-radix rounds when the sample misleads (the fallback, also what slabs and `trim: global` stream
-through). Every test runs on both paths.
+the fused C histograms of the TIES plugin (`prefkit.plugins.ties.kernels`); otherwise
+(`PREFKIT_KERNELS=torch`, other dtypes, GPUs) one windowed `bincount` pass when a sample predicts
+the cut-off (the usual case), and two radix rounds when the sample misleads (the fallback, also
+what slabs and `trim: global` stream through). Every test runs on both paths.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from prefkit.plugins.ties import cut, fused
+from prefkit.plugins.ties.selection import MagnitudeSelection
 
 from prefkit import ops
 
@@ -19,7 +21,7 @@ from prefkit import ops
 def path(request, monkeypatch):
     """Run the test with the fused C histograms and with the eager torch path."""
     monkeypatch.setenv("PREFKIT_KERNELS", request.param)
-    assert (ops.kernels(torch.zeros(1)) is not None) == (request.param == "kernels")
+    assert (fused.kernels_for(torch.zeros(1)) is not None) == (request.param == "kernels")
     return request.param
 
 
@@ -57,26 +59,28 @@ def _tensors():
 def test_cut_point_equals_a_sort(density, path):
     for name, delta in _tensors():
         k = max(1, int(density * delta.numel()))
-        assert ops.magnitude_cut_point(delta, k) == _reference(delta, k), name
+        assert cut.magnitude_cut_point(delta, k) == _reference(delta, k), name
+        # the core's in-memory selection (`topk_mask`'s, for AdaMerging): the same answers
+        assert ops.kth_largest_magnitude(delta, k) == _reference(delta, k)[:2], name
 
 
 def test_the_misleading_sample_takes_the_fallback(monkeypatch):
     """The fallback really runs (and the window really answers the usual case)."""
     monkeypatch.setenv("PREFKIT_KERNELS", "torch")  # the window is the eager path's
     calls = []
-    window = ops._windowed_cut_point
+    window = cut.windowed_cut_point
 
     def spy(flat, k):
         calls.append(window(flat, k))
         return calls[-1]
 
-    monkeypatch.setattr(ops, "_windowed_cut_point", spy)
+    monkeypatch.setattr(cut, "windowed_cut_point", spy)
     tensors = dict(_tensors())
     delta = tensors["misleading sample"]
     k = int(0.2 * delta.numel())
-    assert ops.magnitude_cut_point(delta, k) == _reference(delta, k)
+    assert cut.magnitude_cut_point(delta, k) == _reference(delta, k)
     assert calls == [None]
-    ops.magnitude_cut_point(tensors["gaussian"], k)
+    cut.magnitude_cut_point(tensors["gaussian"], k)
     assert calls[-1] is not None
 
 
@@ -84,7 +88,7 @@ def test_streamed_selection_equals_a_sort(path):
     """MagnitudeSelection over pieces (slabs, global trim) gives the same cut-off."""
     for name, delta in _tensors():
         k = max(1, int(0.3 * delta.numel()))
-        selection = ops.MagnitudeSelection()
+        selection = MagnitudeSelection()
         for piece in delta.split(70_001):
             selection.add(piece)
         if selection.choose(k):

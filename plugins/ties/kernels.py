@@ -1,5 +1,5 @@
-"""Fused CPU loops (C, `prefkit/_kernels.c`) for the passes of a TIES merge that eager torch
-splits into many.
+"""Fused CPU loops (C, `plugins/ties/_kernels.c`) for the passes of a TIES merge that eager torch
+splits into many: ctypes wrappers, the extension's signatures, and its loading.
 
 Counting a histogram of bit patterns and the per-chunk TIES merge (trim, scale, vote, disjoint
 sum, divide, add the base) are each one loop here, where torch needs an operation (and a trip
@@ -11,17 +11,25 @@ Why C through ctypes and not numba: loading numba's compiled kernels costs about
 145 MB of resident memory (LLVM) in every merge process, more than the kernels save on a
 roberta-base merge and over the 400 MB a merge may take. The extension is built by
 `pip install` (setuptools, `optional`: without a C compiler it is skipped, and this module's
-import fails, so `prefkit.ops.kernels()` falls back to the eager path).
+import fails, so `fused.kernels_for()` falls back to the eager path).
 """
 
 from __future__ import annotations
 
 import ctypes
 
-from prefkit.clib import load
-from prefkit.engine.tensorlike import address, clone, numel, zeros
+from prefkit.ops import address, clone, load_library, numel, zeros
 
-_lib = load()  # ImportError when not built: `prefkit.ops.kernels()` then takes the eager path
+EXTENSION = "prefkit.plugins.ties._kernels"
+_P, _N = ctypes.c_void_p, ctypes.c_int64
+SIGNATURES = {  # name: (argument types, result type)
+    "prefkit_high_counts": ([_P, _P, _N, ctypes.c_uint32, ctypes.c_uint32, _P, _P, _N], _N),
+    "prefkit_low_counts": ([_P, _N, ctypes.c_uint32, _P], None),
+    "prefkit_ties_merge": ([_P, ctypes.c_int, _N, _P, _P, _P, ctypes.c_int, ctypes.c_int,
+                            ctypes.c_float, _P, _P], ctypes.c_int),
+}
+
+_lib = load_library(EXTENSION, SIGNATURES)  # ImportError when not built: the eager path runs
 
 
 KEPT_ROOM = 8  # at most 1/KEPT_ROOM of the values are kept near the predicted cut-off
@@ -33,8 +41,9 @@ KEPT_ROOM = 8  # at most 1/KEPT_ROOM of the values are kept near the predicted c
 
 def high_counts(values, base=None, window: tuple[int, int] = (0, 0)):
     """Round 1 of the exact selection over |values| (float32, flat, contiguous, CPU): counts of
-    the 2^15 high-bit bins of their bit patterns (as `ops.high_histogram` counts them), and the
-    patterns in `window` = [lo, hi) (None when more than 1/KEPT_ROOM of the values lay there).
+    the 2^15 high-bit bins of their bit patterns (as `histograms.high_histogram` counts them),
+    and the patterns in `window` = [lo, hi) (None when more than 1/KEPT_ROOM of the values lay
+    there).
     With `base`, `values -= base` first, in place, in the same pass."""
     lo, hi = window
     n = numel(values)
@@ -48,17 +57,17 @@ def high_counts(values, base=None, window: tuple[int, int] = (0, 0)):
 
 def low_counts(values, high_bin: int):
     """Counts of the 2^16 low-bit values of the patterns of |values| in bin `high_bin` (as
-    `ops.low_histogram` counts them, without a pass that forms the patterns first)."""
+    `histograms.low_histogram` counts them, without a pass that forms the patterns first)."""
     counts = zeros(values, 1 << 16, "int64")
     _lib.prefkit_low_counts(address(values), numel(values), high_bin, address(counts))
     return counts
 
 
 class TiesChunk:
-    """The TIES merge of a chunk in one C loop over blocks that stay in L1 (see
-    `plugins/ties.py` for the steps; `prefkit_ties_merge` in `_kernels.c`).
+    """The TIES merge of a chunk in one C loop over blocks that stay in L1 (the steps: the
+    `prefkit.plugins.ties` docstring; `prefkit_ties_merge` in `_kernels.c`).
 
-    `bounds[i]` is model i's hardshrink bound (`MagnitudeCut.shrink_bound`; -inf keeps all),
+    `bounds[i]` is model i's hardshrink bound (`cut.MagnitudeCut.shrink_bound`; -inf keeps all),
     `ratios[i]` its rescale ratio (1: none), `weights[i]` its weight (each rounded to float32).
     """
 

@@ -17,6 +17,12 @@ holds the k-th largest entry, which gives each model's exact threshold without h
 The first round also counts the low bits of a few bins around a running prediction of that bin
 (`MagnitudeSelection`'s `mixed` mode), so the second round is needed only when the prediction
 missed, and then only over the tensors that came before it settled.
+
+The plugin owns its machinery (the core never imports it), one module each:
+`histograms` (float32 bit patterns and their histograms), `selection` (`MagnitudeSelection`,
+the exact k-th largest |τ| of values met in pieces), `cut` (a tensor's cut-off, `MagnitudeCut`
+and the trim), `fused` (whether the C loops run), `kernels` (their ctypes wrappers) and
+`_kernels.c` (the loops, an optional extension built by setup.py). This module is the method.
 """
 
 from __future__ import annotations
@@ -34,20 +40,19 @@ if TYPE_CHECKING:  # torch is imported inside the functions: the CLI starts with
 from prefkit.api import Params, Scan, TensorInfo, TensorMethod, hookimpl
 from prefkit.ops import (
     CHUNK,
-    MagnitudeCut,
-    MagnitudeSelection,
     chunks,
     disjoint_mean,
-    kernels,
-    kernels_enabled,
     map_chunks,
     nonzero_divisor_,
     round_to,
     scale_,
     sign_votes,
-    task_vector_cut_point,
     task_vectors_,
 )
+
+from .cut import MagnitudeCut, task_vector_cut_point
+from .fused import kernels_enabled, kernels_for
+from .selection import MagnitudeSelection
 
 
 class TiesParams(Params):
@@ -213,9 +218,9 @@ def _disjoint_merge(parts, base, params: TiesParams, weights: list[float]) -> to
 
 
 def _fused_merge(deltas, base, cuts, ratios, weights, params: TiesParams):
-    """`merge_chunk` as fused C loops (`prefkit.kernels`, same bits) for float32 tensors on the
-    CPU (`cuts`: order-free ones); None where they do not apply."""
-    fused = kernels(base, *deltas)
+    """`merge_chunk` as fused C loops (`kernels`, same bits) for float32 tensors on the CPU
+    (`cuts`: order-free ones); None where they do not apply."""
+    fused = kernels_for(base, *deltas)
     if fused is None:
         return None
     merge = fused.TiesChunk(

@@ -1,4 +1,4 @@
-/* Fused CPU loops for prefkit's TIES merge; prefkit/kernels.py calls them through ctypes.
+/* Fused CPU loops of the TIES merge method; plugins/ties/kernels.py calls them through ctypes.
  *
  * Each loop does, per entry, the float32 operations of the eager torch path in the same order,
  * so the results are the same bits. Built with -ffp-contract=off: no a*b+c is fused into one
@@ -176,34 +176,10 @@ PREFKIT_API int prefkit_ties_merge(const float *const *deltas, int models, int64
     return 0;
 }
 
-/* Linear merging's acc += x * w as torch's addcmul_ computes it: fused, one rounding (mergekit's
- * linear uses addcmul_, so its outputs are these bits). fmaf/fma are exact wherever they run;
- * on x86-64 a clone built for FMA hardware is chosen at load time, so the loop vectorises. */
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define PREFKIT_FMA_CLONES __attribute__((target_clones("fma", "default")))
-#else
-#define PREFKIT_FMA_CLONES
-#endif
-
-PREFKIT_FMA_CLONES
-PREFKIT_API void prefkit_fma_f32(float *restrict acc, const float *restrict x, float w, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        acc[i] = fmaf(x[i], w, acc[i]);
-}
-
-PREFKIT_FMA_CLONES
-PREFKIT_API void prefkit_fma_f64(double *restrict acc, const double *restrict x, double w,
-                                 int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        acc[i] = fma(x[i], w, acc[i]);
-}
-
 /* A Python module too, so that setuptools builds and names it like any extension; prefkit
  * loads the functions above with ctypes (which releases the GIL while they run). */
 static struct PyModuleDef kernels_module = {
-    PyModuleDef_HEAD_INIT, "_kernels", "C loops of prefkit.kernels (called through ctypes).", -1,
-    NULL, NULL, NULL, NULL, NULL};
+    PyModuleDef_HEAD_INIT, "_kernels", "C loops of prefkit.plugins.ties.kernels (called through "
+    "ctypes).", -1, NULL, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&kernels_module); }
