@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo demo-data demo-sweep demo-train demo-adamerging offline-merge test test-example test-all bench clean
+.PHONY: setup demo demo-data demo-sweep demo-train demo-adamerging offline-merge test test-example test-slow test-all bench clean
 
 setup: $(VENV)/.installed
 
@@ -67,6 +67,11 @@ test: setup
 test-example: setup
 	$(BIN)/pip install --quiet --no-deps -e examples/prefkit-dare
 	$(BIN)/python -m pytest -q examples/prefkit-dare/tests
+
+# The slow tests (process-pool and Ray sweep workers, fetch-then-merge offline, the demo's real
+# data and zoo): CI runs them after `make demo`, which installs the demo's data (about 2 minutes).
+test-slow: setup demo-data
+	$(BIN)/python -m pytest -q -m slow
 
 test-all: setup
 	$(BIN)/python -m pytest -q

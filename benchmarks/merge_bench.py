@@ -648,7 +648,7 @@ def startup_cost(repeats: int, torch: bool = True) -> float:
     does: its exit is part of every wall time)."""
     code = (("import torch; " if torch else "") +
             "import safetensors, pydantic, yaml, click; import prefkit.cli, prefkit.engine.executor, "
-            "prefkit.recipe.plan; from prefkit.registry import load_registry; load_registry(); "
+            "prefkit.recipe.resolve; from prefkit.registry import load_registry; load_registry(); "
             "prefkit.cli.main(['--version'])")
     return statistics.median(measure([sys.executable, "-c", code], env=_env())["wall_s"]
                              for _ in range(max(1, repeats)))

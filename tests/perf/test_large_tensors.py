@@ -19,7 +19,7 @@ from prefkit.plugins.ties.selection import MagnitudeSelection
 import prefkit.engine.executor as executor
 from prefkit.ops import CHUNK, kth_largest_magnitude
 from prefkit.recipe import load_recipe
-from prefkit.recipe.plan import resolve
+from prefkit.recipe.resolve import resolve
 from prefkit.testing import make_zoo
 from tests.helpers import load_tensors, write_recipe
 
@@ -116,7 +116,8 @@ def test_multi_chunk_tensors_equal_the_naive_merge(case, budget, threads, large_
     out = large_zoo / f"out-{case}-{budget}-{threads}"
     before = torch.get_num_threads()
     try:
-        executor.execute(resolve(load_recipe(recipe), registry, out), force=True, threads=threads)
+        executor.execute(resolve(load_recipe(recipe), registry, out),
+                         executor.ExecuteOptions(force=True, threads=threads))
     finally:
         torch.set_num_threads(before)
 
@@ -143,8 +144,8 @@ def test_cut_off_of_a_tensor_of_several_chunks_equals_a_sort(n):
         threshold = float(magnitudes[k - 1])
         greater = int((magnitudes > threshold).sum())
         assert kth_largest_magnitude(delta, k) == (threshold, greater), density
-        selection = MagnitudeSelection()  # streamed in pieces larger than a chunk
         assert magnitude_cut_point(delta, k)[:2] == (threshold, greater), density  # TIES's
+        selection = MagnitudeSelection()  # streamed in pieces larger than a chunk
         for piece in delta.split(CHUNK + 1001):
             selection.add(piece)
         if selection.choose(k):

@@ -28,7 +28,7 @@ from prefkit.io import arrays
 from prefkit.io.checkpoint import TensorReader
 from prefkit.io.writer import OutTensor, ShardWriter
 from prefkit.recipe import load_recipe
-from prefkit.recipe.plan import resolve
+from prefkit.recipe.resolve import resolve
 from prefkit.testing.checkpoints import make_zoo
 from tests.helpers import quantized_zoo, write_recipe
 
@@ -80,7 +80,7 @@ def _merge(folder: Path, text: str, registry, name: str, monkeypatch, *, numpy: 
         patch.setattr(executor, "numpy_merge", lambda plan: seen.append(real(plan)) or seen[-1])
         plan = resolve(load_recipe(write_recipe(folder, text, f"{name}.yaml")), registry,
                        folder / name)
-        executor.execute(plan, force=True, max_shard_bytes=5_000)
+        executor.execute(plan, executor.ExecuteOptions(force=True, max_shard_bytes=5_000))
     assert seen == [numpy]
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
             for f in sorted((folder / name).glob("*.safetensors"))}
