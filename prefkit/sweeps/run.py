@@ -83,16 +83,7 @@ def run_sweep(loaded, registry, *, output: str | Path | None = None, force: bool
         log.info("%d points: %d cached, %d to run on %s (%d workers)", len(points),
                  counts["cached"], len(jobs), options.executor, workers)
         for record in run_jobs(jobs, executor=options.executor, workers=workers, registry=registry):
-            append_line(out / RESULTS, record)
-            tracker.log_point(record)
-            if record["status"] == "ok":
-                counts["ran"] += 1
-                log.info("done    %s %s in %.1fs", record["label"], record["preference"],
-                         record["seconds"], extra=_fields(record))
-            else:
-                counts["failed"] += 1
-                log.error("failed  %s %s: %s", record["label"], record["preference"],
-                          record["error"], extra=_fields(record))
+            _record(record, out, tracker, counts)
         report = write_report(out)
         tracker.finish(report["rows"], [Path(p) for p in report["plots"]])
     except BaseException:
@@ -104,6 +95,20 @@ def run_sweep(loaded, registry, *, output: str | Path | None = None, force: bool
         raise SweepError(f"{out}: {counts['failed']} of {len(points)} points failed",
                          hint=f"see {out / RESULTS} and {report['report']}; re-run to retry them")
     return line
+
+
+def _record(record: dict[str, Any], out: Path, tracker, counts: dict[str, int]) -> None:
+    """A point's result as it arrives: appended to results.jsonl, tracked, counted, logged."""
+    append_line(out / RESULTS, record)
+    tracker.log_point(record)
+    if record["status"] == "ok":
+        counts["ran"] += 1
+        log.info("done    %s %s in %.1fs", record["label"], record["preference"],
+                 record["seconds"], extra=_fields(record))
+    else:
+        counts["failed"] += 1
+        log.error("failed  %s %s: %s", record["label"], record["preference"],
+                  record["error"], extra=_fields(record))
 
 
 def _read(out: Path) -> list[dict[str, Any]]:

@@ -120,18 +120,11 @@ def train_plan(plan, registry, *, reporter, extra_tasks=None, on_step=None) -> T
                            hint="train it first (run without evaluate_only); the file name is the "
                            "hash of everything that decides the weights")
 
-    from prefkit.train.data import prepare
     from prefkit.train.loop import train
     from prefkit.train.model import MultiTaskModel
 
-    transformers = _quiet_transformers()
     started = time.perf_counter()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(plan.tokenizer_source)
-    data = [prepare(t, tokenizer, order, "train", settings.max_length)
-            for t, order in zip(tasks, orders)]
-    empty = [d.task.name for d in data if len(d) == 0]
-    if empty:
-        raise DataError(f"task {empty[0]!r}: the train split is empty")
+    tokenizer, data = _training_data(plan, tasks, orders, settings.max_length)
     previous_threads = torch.get_num_threads()
     previous_det = torch.are_deterministic_algorithms_enabled()
     try:
@@ -160,6 +153,18 @@ def train_plan(plan, registry, *, reporter, extra_tasks=None, on_step=None) -> T
                "preference": preference, "tasks": [t.name for t in tasks]}
     save_model(files, result.state, key, summary, result.log)
     return _trained(plan, files, result.state, tasks, labels, summary, per_task, cached=False)
+
+
+def _training_data(plan, tasks, orders, max_length: int):
+    """The base's tokenizer and every task's tokenized train split (each must have examples)."""
+    from prefkit.train.data import prepare
+
+    tokenizer = _quiet_transformers().AutoTokenizer.from_pretrained(plan.tokenizer_source)
+    data = [prepare(t, tokenizer, order, "train", max_length) for t, order in zip(tasks, orders)]
+    empty = [d.task.name for d in data if len(d) == 0]
+    if empty:
+        raise DataError(f"task {empty[0]!r}: the train split is empty")
+    return tokenizer, data
 
 
 def _trained(plan, files, tensors, tasks, labels, summary, per_task, cached) -> Trained:
