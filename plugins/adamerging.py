@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from prefkit.api import Params, Solution, SolveContext, SolverMethod, TensorInfo, hookimpl
+from prefkit.api import MergeInfo, Params, Solution, SolveContext, SolverMethod, hookimpl
 from prefkit.train.adamerging import AdaMergingSettings, apply, learn
 
 
@@ -29,7 +29,7 @@ class AdaMerging(SolverMethod):
         return learn(context)
 
     def merge(self, tensors: Sequence, *, base, params: Params, model_params: Sequence[Params],
-              info: TensorInfo):
+              info: MergeInfo):
         return apply(list(tensors), base, info.name, info.layer, info.state)
 
 

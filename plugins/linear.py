@@ -20,7 +20,7 @@ from pydantic import Field
 if TYPE_CHECKING:  # `merge` takes torch tensors or numpy arrays alike (`takes_numpy`)
     import torch
 
-from prefkit.api import Params, TensorInfo, TensorMethod, WeightParams, hookimpl
+from prefkit.api import MergeInfo, Params, TensorMethod, WeightParams, hookimpl
 from prefkit.ops import accumulator, add_product_, fused_multiply_add, map_chunks, weight_sum
 
 
@@ -51,7 +51,7 @@ class LinearMethod(TensorMethod):
         base: torch.Tensor | None,
         params: LinearParams,
         model_params: Sequence[WeightParams],
-        info: TensorInfo,
+        info: MergeInfo,
     ) -> torch.Tensor:
         flats = [t.reshape(-1) for t in tensors]
         weights = [p.weight for p in model_params]

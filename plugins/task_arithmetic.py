@@ -17,7 +17,7 @@ from pydantic import Field
 if TYPE_CHECKING:  # `merge` takes torch tensors or numpy arrays alike (`takes_numpy`)
     import torch
 
-from prefkit.api import Params, TensorInfo, TensorMethod, WeightParams, hookimpl
+from prefkit.api import MergeInfo, Params, TensorMethod, WeightParams, hookimpl
 from prefkit.ops import (
     accumulator,
     cast_like,
@@ -53,7 +53,7 @@ class TaskArithmeticMethod(TensorMethod):
         base: torch.Tensor,
         params: TaskArithmeticParams,
         model_params: Sequence[WeightParams],
-        info: TensorInfo,
+        info: MergeInfo,
     ) -> torch.Tensor:
         # task vectors in place in the owned inputs, chunk by chunk, summed into the first buffer
         deltas = [t.reshape(-1) for t in tensors]

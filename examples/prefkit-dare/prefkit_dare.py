@@ -32,7 +32,7 @@ from pydantic import Field
 if TYPE_CHECKING:  # torch is imported inside the functions: the CLI starts without it
     import torch
 
-from prefkit.api import Params, TensorInfo, TensorMethod, hookimpl
+from prefkit.api import MergeInfo, Params, TensorMethod, hookimpl
 from prefkit.ops import agrees, task_vectors_
 
 
@@ -92,7 +92,7 @@ class _Dare(TensorMethod):
         base: torch.Tensor,
         params: DareParams,
         model_params: Sequence[DareModelParams],
-        info: TensorInfo,
+        info: MergeInfo,
     ) -> torch.Tensor:
         import torch
 

@@ -37,7 +37,7 @@ from pydantic import Field
 if TYPE_CHECKING:  # torch is imported inside the functions: the CLI starts without it
     import torch
 
-from prefkit.api import Params, Scan, TensorInfo, TensorMethod, hookimpl
+from prefkit.api import MergeInfo, Params, Scan, TensorInfo, TensorMethod, hookimpl
 from prefkit.ops import (
     CHUNK,
     chunks,
@@ -127,7 +127,7 @@ class TiesMethod(TensorMethod):
         return state
 
     def prepare_tensor(self, scan: Scan, *, params: TiesParams,
-                       model_params: Sequence[TiesModelParams], info: TensorInfo) -> _Slabbed | None:
+                       model_params: Sequence[TiesModelParams], info: MergeInfo) -> _Slabbed | None:
         """A tensor merged in slabs: the cut-offs of the whole tensor (per-tensor trimming: two
         histogram passes over its slabs) and, with `rescale`, the L1 norms (one more pass)."""
         if params.trim == "global":
@@ -154,7 +154,7 @@ class TiesMethod(TensorMethod):
         base: torch.Tensor,
         params: TiesParams,
         model_params: Sequence[TiesModelParams],
-        info: TensorInfo,
+        info: MergeInfo,
     ) -> torch.Tensor:
         # Task vectors in place in the owned input buffers; after the per-model cut-offs are
         # known, everything is elementwise, so it runs chunk by chunk and the result is written

@@ -20,14 +20,14 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 import prefkit
-from prefkit.api import ScanItem, TensorInfo
+from prefkit.api import MergeInfo, ScanItem
 from prefkit.engine.slabs import (
     DEFAULT_BUDGET,
     LOOKAHEAD,
@@ -258,7 +258,7 @@ class _Given:
         return [value], None
 
 
-def _merge_one(plan: Plan, slab: Slab, tensors, base, info: TensorInfo, numpy: bool = False):
+def _merge_one(plan: Plan, slab: Slab, tensors, base, info: MergeInfo, numpy: bool = False):
     method = plan.method.method
     tp = slab.plan
     try:
@@ -284,7 +284,7 @@ def _prepare_tensor(plan: Plan, slabs: list[Slab], io: SlabIO, state):
     tp = slabs[0].plan
     return plan.method.method.prepare_tensor(
         lambda: _scan(plan, slabs, io, state, then=slabs[0]), params=tp.params,
-        model_params=tp.model_params, info=replace(tp.info, state=state))
+        model_params=tp.model_params, info=MergeInfo(tp.info, state))
 
 
 def _scan(plan: Plan, units: list[Slab], io: SlabIO, state, then: Slab | None = None):

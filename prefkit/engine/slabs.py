@@ -20,10 +20,10 @@ import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-from prefkit.api import TensorInfo
+from prefkit.api import MergeInfo, SlabRows
 from prefkit.engine.memory import HeapTrimmer
 from prefkit.engine.tensorlike import address
 from prefkit.errors import MergeError
@@ -61,8 +61,9 @@ class Slab:
     def last(self) -> bool:
         return self.index == self.count - 1
 
-    def info(self, state: Any = None, tensor_state: Any = None) -> TensorInfo:
-        return replace(self.plan.info, state=state, rows=self.rows, tensor_state=tensor_state)
+    def info(self, state: Any = None, tensor_state: Any = None) -> MergeInfo:
+        slab = None if self.rows is None else SlabRows(self.rows, tensor_state)
+        return MergeInfo(self.plan.info, state, slab)
 
 
 def group_bytes(plan: TensorPlan, inputs: int, rows: int | None = None) -> int:

@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from prefkit.api import Params, ScanItem, TensorInfo
+from prefkit.api import MergeInfo, Params, ScanItem, TensorInfo
 from prefkit.testing.declarations import declaration_problems
 
 _SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -142,10 +142,10 @@ class _Case:
 
         def scan() -> Iterator[ScanItem]:
             copies = [t.clone() for t in inputs]
-            yield ScanItem(self.info, copies, None if base is None else base.clone(), model_params)
+            yield ScanItem(MergeInfo(self.info), copies, None if base is None else base.clone(), model_params)
 
         state = self.method.prepare(scan, params)
-        info = TensorInfo(self.info.name, self.info.layer, self.info.t, self.info.models, state)
+        info = MergeInfo(self.info, state)
         return self.method.merge(inputs, base=base, params=params, model_params=model_params,
                                  info=info)
 

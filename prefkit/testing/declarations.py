@@ -18,11 +18,11 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from prefkit.api import Params, ScanItem, TensorInfo
+from prefkit.api import MergeInfo, Params, ScanItem, SlabRows, TensorInfo
 
 MODELS = ("model_a", "model_b", "model_c")
 WEIGHTS = (1.0, 0.6, 0.3)
@@ -98,7 +98,7 @@ def merge_like_executor(method: Any, group: _Group, params: Params,
     def scan(state: Any) -> Callable[[], Iterator[ScanItem]]:
         def items() -> Iterator[ScanItem]:
             for i, rows in enumerate(units):
-                yield ScanItem(replace(info, state=state, rows=rows),
+                yield ScanItem(MergeInfo(info, state, _slab(rows)),
                                [take(t, rows) for t in group.tensors], take(group.base, rows),
                                model_params, sum(sizes[i + 1:]))
         return items
@@ -111,13 +111,12 @@ def merge_like_executor(method: Any, group: _Group, params: Params,
         if units[0] is not None:
             tensor_state = method.prepare_tensor(scan(state), params=params,
                                                  model_params=model_params,
-                                                 info=replace(info, state=state))
+                                                 info=MergeInfo(info, state))
         results = []
         for rows in units:
             out = method.merge([take(t, rows) for t in group.tensors], base=take(group.base, rows),
                                params=params, model_params=model_params,
-                               info=replace(info, state=state, rows=rows,
-                                            tensor_state=tensor_state))
+                               info=MergeInfo(info, state, _slab(rows, tensor_state)))
             results.append(_owned(out, group, rows, numpy))
     if len(results) == 1:
         return results[0]
@@ -281,3 +280,7 @@ def _numpy_cases(method: Any, params: Params, weights: Sequence[Params]) -> Iter
             yield _compare(method, declared, group, (f"as numpy arrays in slabs {slabs}", "numpy"),
                            ("as torch tensors in the same slabs", "torch"), torch_slabs,
                            partial(merge, slabs=slabs, numpy=True))
+
+
+def _slab(rows: tuple[int, int] | None, tensor_state: Any = None) -> SlabRows | None:
+    return None if rows is None else SlabRows(rows, tensor_state)

@@ -50,10 +50,10 @@ def test_readme_plugin_example_runs(tmp_path, monkeypatch):
     method = registry.get("scaled_average").method
     import torch
 
-    from prefkit.api import TensorInfo, WeightParams
+    from prefkit.api import MergeInfo, TensorInfo, WeightParams
 
     out = method.merge([torch.ones(2), 3 * torch.ones(2)], base=None,
                        params=method.Params(scale=2.0),
                        model_params=[WeightParams(weight=1), WeightParams(weight=1)],
-                       info=TensorInfo("w", None, 0.0, ()))
+                       info=MergeInfo(TensorInfo("w", None, 0.0, ())))
     assert out.tolist() == [4.0, 4.0]

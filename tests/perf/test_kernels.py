@@ -16,10 +16,10 @@ from prefkit.plugins.ties.histograms import high_histogram, low_histogram
 from prefkit.plugins.ties.selection import PREDICT_MIN, MagnitudeSelection
 
 from prefkit import ops
-from prefkit.api import TensorInfo
+from prefkit.api import MergeInfo, TensorInfo
 
 N = 3 * ops.CHUNK + 12_345  # several chunks, the last one short
-INFO = TensorInfo("layer.0.weight", 0, 0.0, ("a", "b", "c"))
+INFO = MergeInfo(TensorInfo("layer.0.weight", 0, 0.0, ("a", "b", "c")))
 
 
 def _inputs(seed: int, special: bool):

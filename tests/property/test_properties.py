@@ -9,12 +9,12 @@ from prefkit.plugins.linear import LinearMethod, LinearParams
 from prefkit.plugins.task_arithmetic import TaskArithmeticMethod, TaskArithmeticParams
 from prefkit.plugins.ties import TiesMethod, TiesModelParams, TiesParams
 
-from prefkit.api import TensorInfo, WeightParams
+from prefkit.api import MergeInfo, TensorInfo, WeightParams
 from prefkit.recipe import load_recipe
 from prefkit.recipe.resolve import resolve
 from tests.helpers import write_recipe
 
-INFO = TensorInfo("w", None, 0.0, ())
+INFO = MergeInfo(TensorInfo("w", None, 0.0, ()))
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 

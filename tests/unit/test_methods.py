@@ -8,10 +8,10 @@ from prefkit.plugins.linear import LinearMethod, LinearParams
 from prefkit.plugins.task_arithmetic import TaskArithmeticMethod, TaskArithmeticParams
 from prefkit.plugins.ties import TiesMethod, TiesModelParams, TiesParams
 
-from prefkit.api import TensorInfo, WeightParams
+from prefkit.api import MergeInfo, TensorInfo, WeightParams
 from prefkit.ops import sign_consensus, topk_mask
 
-INFO = TensorInfo("layer.0.weight", 0, 0.0, ("a", "b", "c"))
+INFO = MergeInfo(TensorInfo("layer.0.weight", 0, 0.0, ("a", "b", "c")))
 
 
 def fresh(tensors):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from prefkit.api import TensorInfo
+from prefkit.api import MergeInfo, TensorInfo
 from prefkit.testing import check_method_contract
 
 GOLDEN = Path(__file__).with_name("mergekit_golden.safetensors")
@@ -22,7 +22,7 @@ NAME = "model.layers.0.mlp.weight"
 def merge(method, tensors, base, *, weights, densities, name=NAME, **shared):
     params = method.Params.model_validate(shared)
     model_params = [method.ModelParams(weight=w, density=d) for w, d in zip(weights, densities)]
-    info = TensorInfo(name, 0, 0.0, tuple(f"m{i}" for i in range(len(tensors))))
+    info = MergeInfo(TensorInfo(name, 0, 0.0, tuple(f"m{i}" for i in range(len(tensors)))))
     return method.merge([t.clone() for t in tensors], base=base, params=params,
                         model_params=model_params, info=info)
 
