@@ -10,8 +10,7 @@ implementation is imported on first call, so `import prefkit` (and `prefkit --he
 """
 
 from prefkit.errors import PrefkitError
-
-__version__ = "0.1.0"
+from prefkit.version import __version__
 
 
 def run(recipe, **kwargs):

@@ -6,7 +6,6 @@ import os
 
 import click
 
-import prefkit
 from prefkit.commands.clikit import (
     ALLOW_PICKLE_HELP,
     CliState,
@@ -19,6 +18,7 @@ from prefkit.commands.info_commands import add_methods, add_plugins, add_tasks
 from prefkit.commands.recipe_commands import add_fetch, add_plan, add_run, add_validate
 from prefkit.commands.result_commands import add_eval, add_report
 from prefkit.errors import ExitCode, PrefkitError
+from prefkit.version import __version__
 
 __all__ = ["ALLOW_PICKLE_HELP", "RegistryFactory", "build_cli", "main", "parse_size"]
 
@@ -38,7 +38,7 @@ def build_cli(registry_factory: RegistryFactory = _default_registry) -> click.Gr
     state = CliState(registry_factory)
 
     @click.group(cls=_PrefkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
-    @click.version_option(prefkit.__version__, prog_name="prefkit")
+    @click.version_option(__version__, prog_name="prefkit")
     @click.option("--traceback", is_flag=True, help="Show the full traceback of errors.")
     @click.option("--plugins-dir", type=click.Path(exists=True, file_okay=False),
                   help="Also load every *.py file in this folder as a plugin (one-off plugins).")

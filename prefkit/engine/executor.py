@@ -26,7 +26,6 @@ from typing import Any
 
 import yaml
 
-import prefkit
 from prefkit.api import MergeInfo, ScanItem
 from prefkit.engine.slabs import (
     DEFAULT_BUDGET,
@@ -53,6 +52,7 @@ from prefkit.io.outdir import (
 from prefkit.io.writer import OutTensor, ShardWriter, plan_shards
 from prefkit.progress import NullReporter, Reporter
 from prefkit.recipe.plan import Plan, fingerprint
+from prefkit.version import __version__
 
 DEFAULT_SHARD_BYTES = 5 * 1000**3
 
@@ -162,7 +162,7 @@ def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes
                 lambda a, b: size(a) + size(b) <= limit)
     outs = [OutTensor(p.name, p.out_dtype, p.shape) for p in plan.tensors]
     writer = ShardWriter(folder, plan_shards(outs, max_shard_bytes), {
-        "format": "pt", "prefkit_version": prefkit.__version__,
+        "format": "pt", "prefkit_version": __version__,
         "recipe_sha256": plan.source.digest,
     }, submit=io.submit)
     total = sum(o.nbytes for o in outs)
@@ -311,7 +311,7 @@ def _write_side_files(plan: Plan, folder: Path, seconds: float, task_heads=None,
     (folder / "recipe.yaml").write_text(yaml.safe_dump(plan.source.data, sort_keys=False))
     models = [m for m in (plan.base, *plan.inputs) if m is not None]
     provenance = {
-        "prefkit_version": prefkit.__version__,
+        "prefkit_version": __version__,
         "method": plan.method.method.name,
         "plugin": plan.method.plugin,
         "recipe": str(plan.source.path),
