@@ -5,13 +5,21 @@ syntax). Downloads go through `huggingface_hub.snapshot_download`, so they land 
 (`HF_HUB_CACHE`, `HF_HOME`) and a later offline run finds them. Offline (`prefkit --offline` or
 `HF_HUB_OFFLINE=1`) only the cache is used; `prefkit fetch RECIPE` fills it ahead of time.
 `HF_ENDPOINT` points the client at a mirror.
+
+Whether the hub can be reached is decided once per endpoint and process (`hub_reachable`): with
+no offline setting, one TCP connection to the endpoint with a short timeout. An unreachable hub is
+then treated as offline (the cache only), so a compute node without internet fails in a second
+instead of after huggingface_hub's retries, and those retries' log lines never reach the user.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
 import re
+import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +41,8 @@ _FINAL_HUB_ERRORS = {"RepositoryNotFoundError", "RevisionNotFoundError", "GatedR
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 _TRUE = ("1", "true", "yes", "on")
 _LIBRARY_FLAGS = ("huggingface_hub.constants", "datasets.config")  # modules with HF_HUB_OFFLINE
+DEFAULT_ENDPOINT = "https://huggingface.co"
+PROBE_TIMEOUT = 1.5  # seconds for the one connection that tells whether the hub is reachable
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,40 @@ class HubRef:
 def is_offline() -> bool:
     """Read now, not at import: huggingface_hub reads `HF_HUB_OFFLINE` once, when imported."""
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE
+
+
+def hub_reachable() -> bool:
+    """False when offline is set (`--offline`, `HF_HUB_OFFLINE`) or the endpoint (`HF_ENDPOINT`,
+    default the hub) does not accept a TCP connection within PROBE_TIMEOUT; probed once per
+    endpoint and process. (A name lookup that hangs is not bounded by the timeout; one that fails,
+    as on a node without DNS, fails at once.)"""
+    return not is_offline() and _accepts_connections(os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT)
+
+
+@functools.cache
+def _accepts_connections(endpoint: str) -> bool:
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=PROBE_TIMEOUT):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def quiet_hub_logging() -> Iterator[None]:
+    """huggingface_hub logs each retry of a failing request as a warning; prefkit reports the
+    outcome as one error instead."""
+    logger = logging.getLogger("huggingface_hub")
+    before = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 @contextlib.contextmanager
@@ -119,10 +163,8 @@ def download(ref: str, kind: Kind = "model", *, offline: bool | None = None,
     Raises:
         CheckpointError: naming the repository, revision and what is missing.
     """
-    from huggingface_hub import HfApi, snapshot_download
-
     hub = HubRef.parse(ref)
-    offline = is_offline() if offline is None else offline
+    offline = (not hub_reachable()) if offline is None else offline
     endpoint = os.environ.get("HF_ENDPOINT") or None
     cache_dir = os.environ.get("HF_HUB_CACHE") or None
     pickles = {"model": PICKLE_WEIGHT_FILES, "adapter": PICKLE_ADAPTER_FILES, "dataset": []}[kind]
@@ -134,24 +176,31 @@ def download(ref: str, kind: Kind = "model", *, offline: bool | None = None,
     if allow_pickle and patterns is not None:
         patterns += pickles
     try:
-        if kind == "model" and not offline:
-            try:
-                files = HfApi(endpoint=endpoint).list_repo_files(hub.repo_id, revision=hub.revision)
-                if any(f.endswith(".safetensors") for f in files):  # never download both
-                    patterns = [p for p in patterns if p not in pickles]
-            except Exception as exc:
-                if type(exc).__name__ in _FINAL_HUB_ERRORS:
-                    raise
-                offline = True  # unreachable: fall back to the cache
-        path = Path(snapshot_download(
-            hub.repo_id, repo_type=None if kind != "dataset" else "dataset",
-            revision=hub.revision, local_files_only=offline, cache_dir=cache_dir,
-            endpoint=endpoint, allow_patterns=patterns,
-        ))
+        with quiet_hub_logging():
+            return _snapshot(hub, kind, offline, patterns, pickles, endpoint, cache_dir)
     except Exception as exc:
         raise CheckpointError(f"{kind} {ref!r} is not a local folder and {_why(exc, hub)}",
                               hint=_hint(exc)) from exc
-    return path
+
+
+def _snapshot(hub: HubRef, kind: Kind, offline: bool, patterns, pickles, endpoint, cache_dir) -> Path:
+    """The repository's snapshot folder (downloaded, or from the cache when `offline`)."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    if kind == "model" and not offline:
+        try:
+            files = HfApi(endpoint=endpoint).list_repo_files(hub.repo_id, revision=hub.revision)
+            if any(f.endswith(".safetensors") for f in files):  # never download both
+                patterns = [p for p in patterns if p not in pickles]
+        except Exception as exc:
+            if type(exc).__name__ in _FINAL_HUB_ERRORS:
+                raise
+            offline = True  # unreachable after all: fall back to the cache
+    return Path(snapshot_download(
+        hub.repo_id, repo_type=None if kind != "dataset" else "dataset",
+        revision=hub.revision, local_files_only=offline, cache_dir=cache_dir,
+        endpoint=endpoint, allow_patterns=patterns,
+    ))
 
 
 def _why(exc: Exception, hub: HubRef) -> str:

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from prefkit.cli import build_cli
-from prefkit.errors import CheckpointError, RecipeError
+from prefkit.errors import CheckpointError, RecipeError, RecipeErrors
 from prefkit.io.hub import HubRef, download, offline_mode
 from prefkit.recipe import load_recipe
 from prefkit.recipe.resolve import resolve
@@ -101,3 +101,43 @@ def test_adapter_from_the_hub(online, hub_files, tmp_path, registry):
         from prefkit.io.hub import fetch_adapter
 
         fetch_adapter("someorg/tiny-base")
+
+
+def test_an_unreachable_hub_is_probed_once_and_the_cache_used(online, tmp_path, registry,
+                                                               monkeypatch, caplog):
+    """No offline setting, and nothing listens at the endpoint: one connection attempt for the
+    whole recipe, no request and no retry log line, and each missing model is one located line."""
+    import socket
+
+    from prefkit.io import hub
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("HF_ENDPOINT", closed)
+    hub._accepts_connections.cache_clear()
+    attempts = []
+    real = socket.create_connection
+    monkeypatch.setattr(socket, "create_connection",
+                        lambda address, *a, **k: attempts.append(address) or real(address, *a, **k))
+    recipe = write_recipe(tmp_path, "merge_method: task_arithmetic\nbase_model: someorg/tiny-base\n"
+                          "models:\n  - model: someorg/tiny-a@v1\nparameters: {weight: 1.0}\n")
+    caplog.set_level("DEBUG")
+    with pytest.raises(RecipeErrors) as caught:
+        resolve(load_recipe(recipe), registry)
+    assert attempts == [("127.0.0.1", int(closed.rsplit(":", 1)[1]))]
+    assert online.requests == []
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 2 and all("is not in the Hugging Face cache, and the hub is offline or "
+                                   "unreachable" in line for line in lines)
+    assert not [r for r in caplog.records if r.name.startswith("huggingface_hub")]
+    assert hub.hub_reachable() is False and len(attempts) == 1  # decided once per endpoint
+
+
+def test_a_reachable_hub_is_used(online):
+    from prefkit.io import hub
+
+    hub._accepts_connections.cache_clear()
+    assert hub.hub_reachable() is True
+    with offline_mode():
+        assert hub.hub_reachable() is False  # an explicit offline setting needs no probe
