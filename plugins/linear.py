@@ -21,11 +21,16 @@ if TYPE_CHECKING:  # `merge` takes torch tensors or numpy arrays alike (`takes_n
     import torch
 
 from prefkit.api import MergeInfo, Params, TensorMethod, WeightParams, hookimpl
+from prefkit.bounds import Scale
 from prefkit.ops import accumulator, add_product_, fused_multiply_add, map_chunks, weight_sum
 
 
 class LinearParams(Params):
     normalize: bool = Field(True, description="Divide by the sum of the weights.")
+
+
+class LinearModelParams(WeightParams):
+    weight: Scale = Field(description="Weight of this model's tensor (finite, |w| <= 1e6).")
 
 
 class LinearMethod(TensorMethod):
@@ -36,7 +41,7 @@ class LinearMethod(TensorMethod):
     base = "input"
     elementwise = True  # each entry is merged on its own: large tensors may come in slabs
     Params = LinearParams
-    ModelParams = WeightParams
+    ModelParams = LinearModelParams
 
     @property
     def takes_numpy(self) -> bool:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # `merge` takes torch tensors or numpy arrays alike (`takes_n
     import torch
 
 from prefkit.api import MergeInfo, Params, TensorMethod, WeightParams, hookimpl
+from prefkit.bounds import Scale
 from prefkit.ops import (
     accumulator,
     cast_like,
@@ -31,9 +32,14 @@ from prefkit.ops import (
 
 class TaskArithmeticParams(Params):
     normalize: bool = Field(False, description="Divide the weighted sum by the sum of the weights.")
-    lambda_: float = Field(1.0, alias="lambda", description="Scale of the merged task vector.")
+    lambda_: Scale = Field(1.0, alias="lambda",
+                           description="Scale of the merged task vector (finite, |λ| <= 1e6).")
     int8_mask: bool = Field(False, description="Accepted for mergekit compatibility; no effect.")
     rescale: bool = Field(False, description="Accepted for mergekit compatibility; no effect.")
+
+
+class TaskArithmeticModelParams(WeightParams):
+    weight: Scale = Field(description="Weight of this model's task vector (finite, |w| <= 1e6).")
 
 
 class TaskArithmeticMethod(TensorMethod):
@@ -42,7 +48,7 @@ class TaskArithmeticMethod(TensorMethod):
     reference_url = "https://arxiv.org/abs/2212.04089"
     elementwise = True  # each entry is merged on its own: large tensors may come in slabs
     Params = TaskArithmeticParams
-    ModelParams = WeightParams
+    ModelParams = TaskArithmeticModelParams
 
     takes_numpy = True  # on the CPU the merge runs on numpy arrays, and torch is not imported
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # torch is imported inside the functions: the CLI starts with
     import torch
 
 from prefkit.api import MergeInfo, Params, Scan, TensorInfo, TensorMethod, hookimpl
+from prefkit.bounds import Scale
 from prefkit.ops import (
     CHUNK,
     chunks,
@@ -57,7 +58,8 @@ from .selection import MagnitudeSelection
 
 class TiesParams(Params):
     normalize: bool = Field(True, description="Divide by the weights of the agreeing models.")
-    lambda_: float = Field(1.0, alias="lambda", description="Scale of the merged task vector.")
+    lambda_: Scale = Field(1.0, alias="lambda",
+                           description="Scale of the merged task vector (finite, |λ| <= 1e6).")
     consensus: Literal["sum", "count"] = Field("sum", description="Sign election rule.")
     trim: Literal["tensor", "global"] = Field(
         "tensor", description="Top-k per tensor (mergekit) or over each whole task vector (paper)."
@@ -67,8 +69,9 @@ class TiesParams(Params):
 
 
 class TiesModelParams(Params):
-    weight: float = Field(description="Weight of this model's task vector.")
-    density: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of entries kept by trimming.")
+    weight: Scale = Field(description="Weight of this model's task vector (finite, |w| <= 1e6).")
+    density: float = Field(1.0, ge=0.0, le=1.0, allow_inf_nan=False,
+                           description="Fraction of entries kept by trimming.")
 
 
 @dataclass

@@ -3,13 +3,14 @@ lines on stderr, option parsers and help texts."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from prefkit.errors import PrefkitError, RecipeErrors
+from prefkit.errors import ExitCode, PrefkitError, RecipeErrors
 
 RegistryFactory = Callable[[], Any]  # () -> prefkit.registry.Registry
 ALLOW_PICKLE_HELP = ("Read pickle checkpoints (pytorch_model.bin), which can run code when loaded; "
@@ -25,7 +26,35 @@ def parse_size(text: str) -> int:
     number, unit = float(match.group(1)), match.group(2).upper()
     base = 1024 if "I" in unit else 1000
     power = {"": 0, "B": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit.rstrip("B").rstrip("I") or ""]
-    return int(number * base**power)
+    size = number * base**power
+    if not math.isfinite(size):
+        raise click.BadParameter(f"{text!r} is too large a size")
+    return int(size)
+
+
+class OptionError(PrefkitError):
+    """A command-line option's value is outside what it allows (exit 2, one line)."""
+
+    exit_code = ExitCode.USAGE
+
+
+# Output shards: below a few KB every tensor would be a file of its own; above 1TB no file system
+# or hub takes it.
+MIN_SHARD_BYTES = 4_000
+MAX_SHARD_BYTES = 10**12
+
+
+def parse_shard_size(text: str) -> int:
+    """`--max-shard-size`: a size from 4KB to 1TB, else an OptionError naming the range."""
+    try:
+        size = parse_size(text)
+    except click.BadParameter:
+        size = None
+    if size is None or not MIN_SHARD_BYTES <= size <= MAX_SHARD_BYTES:
+        what = "is not a size" if size is None else f"is {size} bytes"
+        raise OptionError(f"--max-shard-size {text!r} {what}; allowed: 4KB to 1TB",
+                          hint="give a size such as 500MB or 5GB, the default")
+    return size
 
 
 def echo_err(message: str) -> None:

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from prefkit.commands.clikit import ALLOW_PICKLE_HELP, CliState, parse_size, report_error
+from prefkit.commands.clikit import ALLOW_PICKLE_HELP, CliState, parse_shard_size, report_error
 from prefkit.errors import ExitCode, PrefkitError
 
 OVERRIDE_HELP = "Override a recipe key, e.g. parameters.density=0.3 or preference=[0.8,0.2]."
@@ -62,7 +62,8 @@ def _run_options(command):
         click.option("--force", is_flag=True, help="Replace an existing output folder."),
         click.option("-q", "--quiet", is_flag=True, help="No progress output."),
         click.option("--max-shard-size", default="5GB", show_default=True,
-                     callback=lambda c, p, v: parse_size(v), help="Largest output shard."),
+                     callback=lambda c, p, v: parse_shard_size(v),
+                     help="Largest output shard (4KB to 1TB)."),
         click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
                      show_default=True,
                      help="Sweeps: run points in local processes or on Ray (prefkit[ray])."),

@@ -29,15 +29,12 @@ def temp_sibling(out: Path, kind: str = TMP) -> Path:
 def location_problem(out: Path, inputs: dict[str, Path], recipe: Path) -> str | None:
     """Why `out` may not be the output folder, or None. The output is replaced as a whole with
     `--force`, so it may not hold an input model (`inputs`: label → folder), the recipe, or the
-    working directory."""
-    target = out.resolve()
-    guarded = [(recipe.resolve().parent, "the recipe's folder"),
-               (Path.cwd().resolve(), "the working directory")]
-    guarded += [(path.resolve(), f"the input model {label}") for label, path in inputs.items()]
-    for path, what in guarded:
-        if path == target or target in path.parents:
-            return f"output {out} would contain {what}"
-    return None
+    working directory; nor may it lie inside an input model's folder (resolved paths and file
+    identity: `prefkit.io.paths.location_problem`)."""
+    from prefkit.io.paths import location_problem as problem
+
+    return problem(out, [(path, f"the input model {label}") for label, path in inputs.items()],
+                   recipe)
 
 
 def check_replaceable(out: Path) -> None:

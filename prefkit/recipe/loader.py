@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from prefkit.errors import RecipeError, RecipeErrors
+from prefkit.recipe.recipe_file import read_recipe_bytes
 from prefkit.recipe.schema import UNSUPPORTED_MERGEKIT_KEYS, Recipe
 
 Marks = dict[tuple, tuple[int, int]]  # key path -> (line, col), both 1-based
@@ -62,6 +63,25 @@ def dotted(loc: tuple) -> str:
 MAX_NODES = 100_000
 MAX_DEPTH = 64
 _COLLECTION_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader that stops composing at MAX_NODES nodes: a long plain list would
+    otherwise be built whole (seconds and hundreds of MB) before `_Walk` counts it."""
+
+    def __init__(self, text: str, where: str):
+        super().__init__(text)
+        self.where = where
+        self.composed = 0
+
+    def compose_node(self, parent, index):
+        self.composed += 1
+        if self.composed > MAX_NODES:
+            mark = self.peek_event().start_mark
+            raise RecipeError(f"the recipe holds more than {MAX_NODES} values",
+                              where=f"{self.where}:{mark.line + 1}:{mark.column + 1}",
+                              hint="a recipe lists models and parameters")
+        return super().compose_node(parent, index)
 
 
 class _Walk:
@@ -138,7 +158,7 @@ def parse_yaml(text: str, where: str) -> tuple[Any, Marks]:
     """
     loader = None
     try:
-        loader = yaml.SafeLoader(text)  # checks the characters first
+        loader = _Loader(text, where)  # checks the characters first
         walk = _Walk(loader, where)
         node = loader.get_single_node()
         data = {} if node is None else walk.value(node, ())
@@ -248,12 +268,7 @@ def _validated(path: Path, data: Any, marks: Marks, overrides: tuple[str, ...]) 
 
 
 def _read_text(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise RecipeError("recipe file not found", where=str(path)) from exc
-    except OSError as exc:
-        raise RecipeError(f"cannot read the recipe ({exc.strerror})", where=str(path)) from exc
+    raw = read_recipe_bytes(path)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -14,10 +14,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from prefkit.api import TensorInfo
-from prefkit.errors import CheckpointError, PrefkitError, RecipeError, RecipeErrors
+from prefkit.errors import CheckpointError, OutputError, PrefkitError, RecipeError, RecipeErrors
 from prefkit.io.hub import resolve_model
 from prefkit.io.lora import open_input
-from prefkit.io.outdir import location_problem
+from prefkit.io.paths import identity, location_problem, output_name_problem
 from prefkit.recipe.loader import LoadedRecipe
 from prefkit.recipe.params import aliases, field_name, leaf_checker, owner_of
 from prefkit.recipe.plan import ModelInput, Plan, Preference, RecipeSource
@@ -102,10 +102,12 @@ class _Resolver:
                      "use base (default) or a model path")
 
     def _check_duplicates(self) -> None:
-        """Each model once: a repeated entry would silently count one task twice."""
-        seen: dict[str, int] = {}
+        """Each model once: a repeated entry would silently count one task twice. Here by the
+        text (`./a` and `a/` are one path); once the models are found, by their files
+        (`_check_same_files`)."""
+        seen: dict[tuple, int] = {}
         for i, entry in enumerate(self.recipe.models):
-            key = os.path.normpath(entry.model)
+            key = (os.path.normpath(entry.model), entry.lora and os.path.normpath(entry.lora))
             if key in seen:
                 self.err(("models", i, "model"), f"{entry.model} is listed twice (also "
                          f"models[{seen[key]}])", "list each model once; weigh it with "
@@ -209,8 +211,35 @@ class _Resolver:
                      "(train.split) or a corpus, or set train.allow_eval_split: true to adapt on "
                      "the evaluation data knowingly")
 
-    def _base_listed(self) -> bool:
-        return any(m.model == self.recipe.base_model and m.lora is None for m in self.recipe.models)
+    def _base_listed(self, base: ModelInput, inputs: list[ModelInput | None]) -> bool:
+        """base_model is one of the models (by its text, or by its folder or files)."""
+        return any(m.model == self.recipe.base_model and m.lora is None for m in self.recipe.models
+                   ) or any(m is not None and _same_model(base, m) for m in inputs)
+
+    def _check_same_files(self, inputs: list[ModelInput | None]) -> None:
+        """Two entries that reach one folder (a symlink alias) or the same files (a hard-linked
+        copy) are one model listed twice."""
+        for i, model in enumerate(inputs):
+            for j, other in enumerate(inputs[:i]):
+                if model is not None and other is not None and _same_model(model, other):
+                    self.err(("models", i, "model"), f"{model.label} is the same model as "
+                             f"models[{j}] ({other.label}): the same folder or files",
+                             "list each model once; weigh it with preference or weight")
+                    break
+
+    def _check_output(self, output: Path, from_flag: bool, models: list[ModelInput]) -> None:
+        """A name the file system can hold, outside every input folder and not holding the
+        recipe or the working directory. A bad `-o` (or `output=`) is a usage error; a bad
+        `output:` (or the default runs/<recipe name>) a recipe error."""
+        problem = output_name_problem(output)
+        problem = f"output {problem}" if problem else location_problem(
+            output, _input_folders(models), self.loaded.path)
+        if problem is None:
+            return
+        if from_flag:
+            self.errors.append(OutputError(problem, hint="choose another output folder with -o"))
+        else:
+            self.err(("output",), problem, "choose another output folder with output: or -o")
 
     def _settings(self, raw: dict | None, loc: tuple, top_level: bool) -> dict[str, Any]:
         """Canonical parameter names → settings, with problems recorded at their location."""
@@ -249,7 +278,8 @@ class _Resolver:
                   for i, m in enumerate(self.recipe.models)]
         method = self.method.method
         notes = []
-        if method.base == "input" and base is not None and not self._base_listed():
+        self._check_same_files(inputs)
+        if method.base == "input" and base is not None and not self._base_listed(base, inputs):
             if self.recipe.preference is None:  # mergekit: the base is one more input
                 inputs.append(base)
                 self.model_settings.append({})
@@ -266,11 +296,9 @@ class _Resolver:
         notes += tensor_notes
         self.raise_errors()
         shared = planner.shared(TensorInfo("", None, 0.0, ()))
+        from_flag = output is not None
         output = Path(output or self.recipe.output or Path("runs") / self.loaded.path.stem)
-        problem = location_problem(output, {m.label: m.path for m in (base, *inputs) if m},
-                                   self.loaded.path)
-        if problem:
-            self.err(("output",), problem, "choose another output folder with output: or -o")
+        self._check_output(output, from_flag, [m for m in (base, *inputs) if m])
         self.raise_errors()
         return Plan(
             source=RecipeSource(self.loaded.path, self.loaded.digest, self.loaded.data),
@@ -306,3 +334,27 @@ class _Resolver:
         except CheckpointError as exc:
             raise self.loaded.error(("tokenizer_source",), exc.message, exc.hint) from exc
 
+
+
+def _same_model(a: ModelInput, b: ModelInput) -> bool:
+    """One folder (symlinks and `./a` vs `a/` resolved: st_dev, st_ino), or the same files."""
+    key = identity(a.path)
+    if key is not None and key == identity(b.path):
+        return True
+    files = _file_keys(a)
+    return bool(files) and files == _file_keys(b)
+
+
+def _file_keys(model: ModelInput) -> frozenset:
+    keys = {identity(m.file) for m in model.checkpoint.tensors.values()}
+    return frozenset(keys - {None})
+
+
+def _input_folders(models: list[ModelInput]) -> list[tuple[Path, str]]:
+    """Every folder a merge reads from: each model's, and those of its files (a LoRA input's
+    folder is its cache entry; its other tensors are in the base's folder)."""
+    out: dict[Path, str] = {}
+    for model in models:
+        for folder in (model.path, *sorted({m.file.parent for m in model.checkpoint.tensors.values()})):
+            out.setdefault(folder, f"the input model {model.label}")
+    return list(out.items())

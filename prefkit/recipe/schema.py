@@ -3,8 +3,8 @@ against the method's own Params models, once the method is known (`prefkit.recip
 
 from __future__ import annotations
 
-import math
 import re
+import typing
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -16,7 +16,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
+from pydantic_core.core_schema import ErrorType
 
+from prefkit.bounds import PreferenceEntry, preference_problem
+from prefkit.io.paths import name_problem
 from prefkit.recipe.sweep_keys import LoggingSpec, MethodEntry, PreferenceGrid, WandbSpec, preferences_value
 
 DTYPES = {
@@ -46,6 +50,26 @@ def _task_name(name: str) -> str:
     return name
 
 
+def _path_text(value: str | None, *, output: bool = False) -> str | None:
+    """A path (or hub id) the file system can take: no NUL byte, no name over NAME_MAX bytes, not
+    over PATH_MAX (an output leaves room for its temporary sibling and the files inside it)."""
+    problem = None if value is None else name_problem(value, output=output)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+_BUILTIN_ERRORS = frozenset(typing.get_args(ErrorType))
+
+
+def _reraisable(error: dict) -> dict:
+    """An error of a raised ValidationError as one that can be raised again: pydantic takes its
+    own error types by name, custom ones (`out_of_range` of prefkit.bounds) as objects."""
+    if error["type"] in _BUILTIN_ERRORS:
+        return error
+    return {**error, "type": PydanticCustomError(error["type"], error["msg"])}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -66,6 +90,8 @@ class ModelEntry(_Strict):
     @classmethod
     def _task(cls, value: str | None) -> str | None:
         return None if value is None else _task_name(value)
+
+    _paths = field_validator("model", "lora")(_path_text)
 
 
 class EvaluateSpec(_Strict):
@@ -118,7 +144,9 @@ class Recipe(_Strict):
     out_dtype: str | None = Field(None, description="Output dtype; default: the compute dtype.")
     tokenizer_source: str | None = Field(
         None, description="`base` (default) or a model to copy the tokenizer from.")
-    preference: list[float] | None = Field(None, description="prefkit: one weight per model.")
+    preference: list[PreferenceEntry] | None = Field(
+        None, description="prefkit: one weight per model (finite, 0 to 1e6 each, summing to at "
+        "least 1e-9).")
     heads: Literal["padded", "per_task"] = Field(
         "padded", description="prefkit: padded (zero-pad differing heads, merge) | per_task (also "
         "keep each task's own head beside the merged body, used for its task in evaluation).")
@@ -139,6 +167,12 @@ class Recipe(_Strict):
     logging: LoggingSpec | None = Field(None, description="prefkit sweep: log level, format, file.")
 
     _dtypes = field_validator("dtype", "out_dtype")(_dtype)
+    _paths = field_validator("base_model", "tokenizer_source")(_path_text)
+
+    @field_validator("output")
+    @classmethod
+    def _output(cls, value: str | None) -> str | None:
+        return _path_text(value, output=True)
 
     @field_validator("tasks")
     @classmethod
@@ -166,7 +200,8 @@ class Recipe(_Strict):
         except ValidationError as exc:
             if not needs:
                 raise
-            raise ValidationError.from_exception_data(exc.title, [missing, *exc.errors()]) from None
+            raise ValidationError.from_exception_data(
+                exc.title, [missing, *map(_reraisable, exc.errors())]) from None
         if needs:
             raise ValidationError.from_exception_data(cls.__name__, [missing])
         return recipe
@@ -174,14 +209,8 @@ class Recipe(_Strict):
     @field_validator("preference")
     @classmethod
     def _preference(cls, value: list[float] | None) -> list[float] | None:
-        if value is None:
-            return None
-        if not value:
-            raise ValueError("preference is empty; give one non-negative number per model")
-        if any(math.isnan(p) or math.isinf(p) for p in value):
-            raise ValueError("preference entries must be finite numbers (found NaN or inf)")
-        if any(p < 0 for p in value):
-            raise ValueError("preference entries must be >= 0")
-        if sum(value) <= 0:
-            raise ValueError("preference is all zeros; at least one entry must be > 0")
+        """Each entry is checked on its own (`PreferenceEntry`: finite, 0 to 1e6); here the whole."""
+        problem = None if value is None else preference_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value

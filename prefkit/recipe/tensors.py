@@ -108,10 +108,15 @@ class TensorPlanner:
             shapes.add(base_meta.shape)
         if len(shapes) == 1:
             return next(iter(shapes))
+        from prefkit.recipe.plan import HEAD_PREFIXES
+
         tails = {s[1:] for s in shapes}
         labels = [_num_labels(m.checkpoint.config) for m in inputs]
-        is_head = len(tails) == 1 and all(s for s in shapes) and all(
-            lab is None or meta.shape[0] == lab for lab, meta in zip(labels, metas))
+        fits = [lab is None or meta.shape[0] == lab for lab, meta in zip(labels, metas)]
+        # a head by its name, or by the configs: each model's first dimension is its label count
+        by_config = all(fits) and all(lab is not None for lab in labels)
+        is_head = len(tails) == 1 and all(s for s in shapes) and all(fits) and (
+            by_config or name.startswith(HEAD_PREFIXES))
         if is_head:  # padded for both head modes; per_task also keeps each task's own head
             return (max(s[0] for s in shapes), *next(iter(tails)))
         described = [f"{list(meta.shape)} in {m.label}" for m, meta in zip(inputs, metas)]
@@ -121,7 +126,9 @@ class TensorPlanner:
                      if meta is not None and meta.shape != metas[0].shape)
         self.errors.append(CheckpointError(
             f"{first.file}: tensor {name!r} has different shapes: {'; '.join(described)}",
-            hint="only classification heads (differing label counts) can be padded"))
+            hint="only classification heads (differing label counts) can be padded: tensors "
+            f"named {', '.join(p + '…' for p in HEAD_PREFIXES)} or whose first dimension is each "
+            "model's label count in its config.json"))
         return None
 
     def shared(self, info: TensorInfo) -> Params | None:

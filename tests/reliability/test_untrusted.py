@@ -113,17 +113,6 @@ def test_force_replaces_only_prefkit_outputs(cli, workdir):
                   "--force").exit_code == 0
 
 
-def test_output_may_not_hold_the_inputs(cli, workdir):
-    recipe = write_recipe(workdir, RECIPE)
-    for output, what in ((workdir, "the recipe's folder"),
-                         (workdir / "zoo_same", "the input model zoo_same/base"),
-                         (workdir.parent, "the recipe's folder")):
-        result = invoke(cli, "run", recipe, "-o", output, "-q", "--force")
-        assert result.exit_code == 3, result.stderr
-        assert f"output {output} would contain {what}" in result.stderr
-    assert (workdir / "zoo_same" / "base" / "config.json").exists()
-
-
 PLUGIN = '''
 from prefkit.api import TensorMethod, WeightParams, Params, hookimpl
 

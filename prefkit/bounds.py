@@ -1,0 +1,69 @@
+"""Bounds on the numbers a recipe scales tensors by, checked when it is validated, so that finite
+inputs cannot overflow the merge arithmetic through a huge weight, lambda or preference.
+
+- scale parameters (weights, `lambda`): finite, |x| ≤ SCALE_LIMIT;
+- preference entries: finite, 0 ≤ p ≤ PREFERENCE_MAX, and Σp ≥ PREFERENCE_MIN_SUM, so that the
+  normalised weights m·p_i/Σp stay between 0 and the number of models.
+
+Methods use `Scale` as a field's type (`weight: Scale = Field(...)`); errors name the value and
+the allowed range, and the recipe's loader puts the field and its line in front.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+from pydantic import AfterValidator
+from pydantic_core import PydanticCustomError
+
+SCALE_LIMIT = 1e6
+PREFERENCE_MAX = 1e6
+PREFERENCE_MIN_SUM = 1e-9
+
+
+def number(x: float) -> str:
+    """1e6 as `1e6`, 0.25 as `0.25`: compact, and the same text as a recipe would hold."""
+    text = f"{x:g}"
+    return text.replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
+
+
+def _out_of_range(message: str) -> PydanticCustomError:
+    return PydanticCustomError("out_of_range", message)
+
+
+def check_scale(value: float) -> float:
+    """A weight or scale factor: finite and within ±SCALE_LIMIT."""
+    if not math.isfinite(value) or abs(value) > SCALE_LIMIT:
+        raise _out_of_range(f"{value!r} is out of range; allowed: a finite number from "
+                            f"{number(-SCALE_LIMIT)} to {number(SCALE_LIMIT)}")
+    return value
+
+
+Scale = Annotated[float, AfterValidator(check_scale)]
+
+
+def check_preference_entry(value: float) -> float:
+    """One preference entry: finite, 0 ≤ p ≤ PREFERENCE_MAX."""
+    why = ("is not a finite number" if not math.isfinite(value) else "is negative" if value < 0
+           else f"is over {number(PREFERENCE_MAX)}" if value > PREFERENCE_MAX else None)
+    if why is not None:
+        raise _out_of_range(f"{value!r} {why}; each entry must be a finite number from 0 to "
+                            f"{number(PREFERENCE_MAX)}")
+    return value
+
+
+PreferenceEntry = Annotated[float, AfterValidator(check_preference_entry)]
+
+
+def preference_problem(values: list[float]) -> str | None:
+    """What is wrong with a whole preference whose entries passed `check_preference_entry`."""
+    if not values:
+        return "preference is empty; give one non-negative number per model"
+    total = math.fsum(values)
+    if total == 0:
+        return "preference is all zeros; at least one entry must be > 0"
+    if total < PREFERENCE_MIN_SUM:
+        return (f"preference sums to {total!r}; the sum must be at least "
+                f"{number(PREFERENCE_MIN_SUM)} (scale every entry up: only the ratios count)")
+    return None
