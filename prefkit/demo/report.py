@@ -54,7 +54,8 @@ def table(zoo: Path, runs: Sequence[Path], registry) -> str:
         accs = [r["tasks"][t]["accuracy"] for t in tasks if t in r["tasks"]]
         means.append(f"{sum(accs) / len(accs):.3f}")
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, means)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in (header, *rows, means)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip()
+             for line in (header, *rows, means)]
     split = f"accuracy on {settings['split']}" + (
         f", {settings['num_samples']} examples per task" if settings.get("num_samples") else "")
     return "\n".join([split, *lines])

@@ -24,7 +24,7 @@ def test_table_lists_majority_finetuned_base_and_merges(tmp_path, monkeypatch):
     assert text.splitlines() == [
         "accuracy on test, 10 examples per task",
         "task  majority  fine-tuned  base   demo_ties",
-        "x     0.500     0.900       0.500  0.750    ",
-        "y     0.500     0.800       0.250  0.500    ",
-        "mean            0.850       0.375  0.625    ",
-    ]
+        "x     0.500     0.900       0.500  0.750",
+        "y     0.500     0.800       0.250  0.500",
+        "mean            0.850       0.375  0.625",
+    ]  # no trailing spaces
