@@ -257,6 +257,9 @@ def resolve_model(ref: str, recipe_dir: Path, allow_pickle: bool = False, *,
     if is_hub_id(ref) and not _looks_local(ref, recipe_dir):
         fetch = fetch_adapter if kind == "adapter" else fetch_model
         return fetch(ref, allow_pickle)
+    if Path(ref).expanduser().is_absolute():  # only that path was checked
+        raise CheckpointError(f"{kind} {ref!r}: no such folder",
+                              hint="give an existing folder or a hub id such as org/name[@revision]")
     raise CheckpointError(
         f"{kind} {ref!r}: no such folder (looked in {recipe_dir} and {Path.cwd()})",
         hint="give a folder or a hub id such as org/name[@revision]",

@@ -141,3 +141,16 @@ def test_a_reachable_hub_is_used(online):
     assert hub.hub_reachable() is True
     with offline_mode():
         assert hub.hub_reachable() is False  # an explicit offline setting needs no probe
+
+
+def test_a_missing_absolute_path_names_only_what_was_checked(tmp_path):
+    from prefkit.io.hub import resolve_model
+
+    missing = tmp_path / "nowhere" / "model"
+    with pytest.raises(CheckpointError) as caught:
+        resolve_model(str(missing), tmp_path / "recipes")
+    assert str(caught.value) == (f"model {str(missing)!r}: no such folder (give an existing folder "
+                                 "or a hub id such as org/name[@revision])")
+    (tmp_path / "zoo").mkdir()  # zoo/x is then a local path with a typo, not a hub id
+    with pytest.raises(CheckpointError, match=r"'zoo/x': no such folder \(looked in "):
+        resolve_model("zoo/x", tmp_path)  # a relative path: both places it was looked for
