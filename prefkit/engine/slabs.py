@@ -29,6 +29,7 @@ from prefkit.engine.tensorlike import address
 from prefkit.errors import MergeError
 from prefkit.io.checkpoint import TensorMeta, TensorReader
 from prefkit.io.dtypes import ITEMSIZE
+from prefkit.io.jsonfile import size_text
 from prefkit.recipe.plan import TensorPlan
 
 # Bytes of one slab's inputs in the compute dtype. Two slabs are in flight (one merged, one
@@ -36,6 +37,9 @@ from prefkit.recipe.plan import TensorPlan
 # models (5 × 9.4 MB) still fit whole, the embedding is cut in slabs of ~2000 rows.
 # PREFKIT_SLAB_BYTES overrides it (less memory, or more slabs to test with).
 DEFAULT_BUDGET = int(os.environ.get("PREFKIT_SLAB_BYTES", 48 * 2**20))
+# Rows up to this size are merged whatever the budget (one row per slab); a larger row than both
+# is refused: a slab cannot be less than a row, and a hostile header can claim a row of terabytes.
+ROW_FLOOR = 48 * 2**20
 RESULT_RING = 2  # buffers that take turns holding results on their way to disk
 SMALL_SLAB = 1 << 20  # a slab of fewer bytes is read ahead with the ones that follow it
 LOOKAHEAD = 8  # slabs read ahead at most
@@ -74,15 +78,32 @@ def group_bytes(plan: TensorPlan, inputs: int, rows: int | None = None) -> int:
 
 def slabs_of(plan: TensorPlan, inputs: int, budget: int, split: bool) -> list[Slab]:
     """The tensor as one slab, or, when `split` and its `inputs` tensors outgrow `budget`, as
-    the fewest slabs of (nearly) equal row counts that fit."""
+    the fewest slabs of (nearly) equal row counts that fit.
+
+    A slab holds at least one row: a row larger than the budget is refused (before anything is
+    read) unless it is within ROW_FLOOR, so that a tiny budget still merges in one-row slabs.
+    """
     rows = plan.shape[0] if plan.shape else 0
-    if not split or plan.copy or rows < 2 or group_bytes(plan, inputs) <= budget:
+    if not split or plan.copy or group_bytes(plan, inputs) <= budget:
+        return [Slab(plan, None)]
+    row = group_bytes(plan, inputs, rows=1) if rows else group_bytes(plan, inputs)
+    if row > max(budget, ROW_FLOOR):
+        raise _oversized_row(plan, inputs, row, max(budget, ROW_FLOOR))
+    if rows < 2:
         return [Slab(plan, None)]
     per_slab = max(1, budget // group_bytes(plan, inputs, rows=1))
     count = math.ceil(rows / per_slab)
     step = math.ceil(rows / count)
     starts = range(0, rows, step)
     return [Slab(plan, (a, min(a + step, rows)), i, len(starts)) for i, a in enumerate(starts)]
+
+
+def _oversized_row(plan: TensorPlan, inputs: int, row: int, limit: int) -> MergeError:
+    return MergeError(
+        f"tensor {plan.name!r} ({plan.compute_dtype}, shape {list(plan.shape)}): one row of its "
+        f"{inputs} input(s) is {size_text(row)}, more than the memory budget of "
+        f"{size_text(limit)}", hint=f"set PREFKIT_SLAB_BYTES={row} (or more) to merge it in "
+        "one-row slabs, which needs about twice that much memory")
 
 
 def check_device(device: str) -> None:

@@ -3,9 +3,13 @@
 A checkpoint is a folder with `model.safetensors`, or shards listed by
 `model.safetensors.index.json`, plus `config.json`. Only headers are read to build the index
 (`prefkit.io.headers`, which checks every header against its file), and the index must name the
-shards' real contents. A damaged or lying file is one error naming the file and the tensor.
-Tensors are read by `prefkit.io.reader.TensorReader`. TensorMeta, the header readers and
-TensorReader stay importable from here.
+shards' real contents. The index and `config.json` are bounded JSON (`prefkit.io.jsonfile`:
+at most MAX_INDEX_BYTES / MAX_CONFIG_BYTES, MAX_DEPTH levels); the index's shard names must be
+plain file names of the folder (no folder part, `..`, NUL or control characters; a shard may be
+a symlink, as the Hugging Face cache's are). A damaged, lying or unreadable file is one
+CheckpointFileError naming the file and the tensor; a folder that is no checkpoint at all is a
+plain CheckpointError. Tensors are read by `prefkit.io.reader.TensorReader`. TensorMeta, the
+header readers and TensorReader stay importable from here.
 
 Pickle weights (`pytorch_model*.bin`) are indexed only when the caller allows it
 (`--allow-pickle`); see `prefkit.io.headers`.
@@ -13,22 +17,28 @@ Pickle weights (`pytorch_model*.bin`) are indexed only when the caller allows it
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefkit.errors import CheckpointError
+from prefkit.io.damage import CheckpointFileError
 from prefkit.io.headers import (
     MAX_HEADER_BYTES,
     PICKLE_HINT,
     PICKLE_SUFFIXES,
     TensorMeta,
+    check_name,
     is_pickle,
     read_bin_header,
     read_safetensors_header,
 )
+from prefkit.io.jsonfile import MAX_CONFIG_BYTES, MAX_INDEX_BYTES, os_error, plain_text, read_json
 from prefkit.io.reader import TensorReader
+
+INDEX = "model.safetensors.index.json"
+REWRITE_INDEX = "the index is damaged: download or copy the checkpoint again"
 
 __all__ = ["MAX_HEADER_BYTES", "PICKLE_HINT", "PICKLE_SUFFIXES", "Checkpoint", "TensorMeta",
            "TensorReader", "is_pickle", "pickle_files", "read_bin_header",
@@ -59,7 +69,7 @@ class Checkpoint:
             metas = read_bin_header(file) if is_pickle(file) else read_safetensors_header(file)
             for meta in metas:
                 if meta.name in tensors:
-                    raise CheckpointError(
+                    raise CheckpointFileError(
                         f"{path}: tensor {meta.name!r} is in both {tensors[meta.name].file.name} "
                         f"and {file.name}"
                     )
@@ -87,17 +97,17 @@ def refuse_pickle_only(path: Path) -> None:
 
 def _weight_files(path: Path, allow_pickle: bool) -> tuple[list[Path], dict[str, str] | None]:
     """The weight files to read, and the index's tensor → file map when there is one."""
-    index_file = path / "model.safetensors.index.json"
-    if index_file.exists():
+    index_file = path / INDEX
+    if os.path.lexists(index_file):
         weight_map = _read_index(index_file)
         files = sorted({path / name for name in weight_map.values()})
-        missing = [f.name for f in files if not f.exists()]
+        missing = [f.name for f in files if not _present(index_file, f)]
         if missing:
-            raise CheckpointError(f"{index_file}: lists shard(s) that do not exist: "
-                                  f"{', '.join(missing)}", hint="download or copy the missing shards")
+            raise CheckpointFileError(f"{index_file}: lists shard(s) that do not exist: "
+                                      f"{', '.join(missing)}", hint="download or copy the missing shards")
         return files, weight_map
     single = path / "model.safetensors"
-    if single.exists():
+    if os.path.lexists(single):
         return [single], None
     shards = sorted(path.glob("*.safetensors"))
     if shards:
@@ -112,45 +122,58 @@ def _weight_files(path: Path, allow_pickle: bool) -> tuple[list[Path], dict[str,
     )
 
 
-def _read_index(file: Path) -> dict[str, str]:
+def _present(index_file: Path, shard: Path) -> bool:
+    """Whether a listed shard exists; a symlink loop or an unreadable folder is an error."""
     try:
-        weight_map = json.loads(file.read_text())["weight_map"]
-    except (ValueError, KeyError, TypeError, OSError) as exc:
-        raise CheckpointError(f"{file}: not a valid safetensors index ({exc})") from exc
-    if not isinstance(weight_map, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
-        raise CheckpointError(f"{file}: weight_map must map tensor names to shard file names")
-    folder = file.parent.resolve()
+        os.stat(shard)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise os_error(shard, exc, "open") from exc
+    return True
+
+
+def _read_index(file: Path) -> dict[str, str]:
+    index = read_json(file, MAX_INDEX_BYTES, "safetensors index")
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointFileError(f"{file}: not a valid safetensors index (weight_map must map tensor "
+                                  "names to shard file names)", hint=REWRITE_INDEX)
     for name, shard in weight_map.items():
-        target = (folder / shard).resolve()
-        if target.parent != folder or not shard.endswith(".safetensors"):
-            raise CheckpointError(f"{file}: tensor {name!r} names shard {shard!r}, which is not a "
-                                  ".safetensors file in the checkpoint folder")
+        check_name(file, name)
+        if not _plain_shard_name(shard):
+            raise CheckpointFileError(f"{file}: tensor {name!r} names shard {shard!r}, which is not a "
+                                      ".safetensors file in the checkpoint folder", hint=REWRITE_INDEX)
     return weight_map
+
+
+def _plain_shard_name(shard: str) -> bool:
+    """A file name of the checkpoint folder itself: no folder part, no `..`, nothing odd. (The
+    file may be a symlink, as in the Hugging Face cache, whose files link to its blobs.)"""
+    return (0 < len(shard) <= 255 and plain_text(shard) and "/" not in shard and "\\" not in shard
+            and shard.endswith(".safetensors"))
 
 
 def _check_index(path: Path, weight_map: dict[str, str], tensors: dict[str, TensorMeta]) -> None:
     """The index and the shard headers must agree on which tensor is where."""
-    index_file = path / "model.safetensors.index.json"
+    index_file = path / INDEX
     for name, shard in sorted(weight_map.items()):
         meta = tensors.get(name)
         if meta is None or meta.file.name != Path(shard).name:
-            raise CheckpointError(f"{index_file}: tensor {name!r} is listed in {shard}, "
-                                  "which does not hold it", hint="the index and shards do not match")
+            raise CheckpointFileError(f"{index_file}: tensor {name!r} is listed in {shard}, "
+                                      "which does not hold it", hint="the index and shards do not match")
     extra = sorted(set(tensors) - set(weight_map))
     if extra:
-        raise CheckpointError(f"{tensors[extra[0]].file}: tensor {extra[0]!r} is not listed in "
-                              f"{index_file.name}", hint="the index and shards do not match")
+        raise CheckpointFileError(f"{tensors[extra[0]].file}: tensor {extra[0]!r} is not listed in "
+                                  f"{index_file.name}", hint="the index and shards do not match")
 
 
 def _read_config(path: Path) -> dict[str, Any] | None:
     config = path / "config.json"
-    if not config.exists():
+    if not os.path.lexists(config):
         return None
-    try:
-        data = json.loads(config.read_text())
-    except (ValueError, OSError) as exc:
-        raise CheckpointError(f"{config}: invalid JSON ({exc})") from exc
+    data = read_json(config, MAX_CONFIG_BYTES, "config.json")
     if not isinstance(data, dict):
-        raise CheckpointError(f"{config}: expected a JSON object")
+        raise CheckpointFileError(f"{config}: expected a JSON object",
+                                  hint="restore config.json from the model's source")
     return data

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from prefkit.errors import CheckpointError
+from prefkit.io.damage import CheckpointFileError
 from prefkit.io.dtypes import FLOAT_DTYPES
 from prefkit.io.headers import TensorMeta, is_pickle
+from prefkit.io.jsonfile import one_line, open_regular, os_error
 
 
 class TensorReader:
@@ -48,8 +50,11 @@ class TensorReader:
                 tensor = _read_at(handle, meta, rows, out)
         except CheckpointError:
             raise
+        except OSError as exc:
+            raise _read_error(meta, exc) from exc
         except Exception as exc:
-            raise CheckpointError(f"{meta.file}: cannot read tensor {meta.name!r} ({exc})") from exc
+            raise CheckpointFileError(f"{meta.file}: cannot read tensor {meta.name!r} "
+                                      f"({one_line(exc)})") from exc
         if self.check_finite and meta.dtype in FLOAT_DTYPES:
             _check_finite(tensor, meta)
         return tensor
@@ -62,7 +67,7 @@ class TensorReader:
         from prefkit.io import arrays
 
         if is_pickle(meta.file):
-            raise CheckpointError(f"{meta.file}: pickle files are read through torch, not numpy")
+            raise CheckpointFileError(f"{meta.file}: pickle files are read through torch, not numpy")
         handle = self._handle(meta.file)
         shape, offset, nbytes = _extent(meta, rows)
         buffer = np.empty(nbytes, np.uint8) if out is None else out[:nbytes]
@@ -70,8 +75,11 @@ class TensorReader:
             _pread(handle, meta, buffer, offset)
         except CheckpointError:
             raise
+        except OSError as exc:
+            raise _read_error(meta, exc) from exc
         except Exception as exc:
-            raise CheckpointError(f"{meta.file}: cannot read tensor {meta.name!r} ({exc})") from exc
+            raise CheckpointFileError(f"{meta.file}: cannot read tensor {meta.name!r} "
+                                      f"({one_line(exc)})") from exc
         array = arrays.view(buffer, meta.dtype, shape)
         if self.check_finite and meta.dtype in FLOAT_DTYPES:
             _report_nonfinite(arrays.nonfinite(array, meta.dtype), meta)
@@ -87,20 +95,30 @@ class TensorReader:
 
     @staticmethod
     def _open(file: Path):
+        """A handle per input file, kept open until `close` (so a merge holds one file descriptor
+        per input file: running out of them is one error line saying so, see `os_error`)."""
+        if not is_pickle(file):
+            return open_regular(file)
         try:
-            if is_pickle(file):
-                import torch
+            import torch
 
-                return torch.load(file, map_location="cpu", mmap=True, weights_only=True)
-            return open(file, "rb", buffering=0)
+            return torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+        except OSError as exc:
+            raise os_error(file, exc, "open") from exc
         except Exception as exc:
-            raise CheckpointError(f"{file}: cannot open ({exc})") from exc
+            raise CheckpointFileError(f"{file}: cannot open ({one_line(exc)})") from exc
 
     def close(self) -> None:
         for handle in self._handles.values():
             if hasattr(handle, "close"):
                 handle.close()
         self._handles.clear()
+
+
+def _read_error(meta: TensorMeta, exc: OSError) -> CheckpointFileError:
+    return CheckpointFileError(f"{meta.file}: cannot read tensor {meta.name!r} "
+                               f"({exc.strerror or one_line(exc)})",
+                               hint="check the disk and the file, then run again")
 
 
 def _check_finite(tensor, meta: TensorMeta) -> None:
@@ -117,7 +135,7 @@ def _check_finite(tensor, meta: TensorMeta) -> None:
 
 def _report_nonfinite(bad: int, meta: TensorMeta) -> None:
     if bad:
-        raise CheckpointError(
+        raise CheckpointFileError(
             f"{meta.file}: tensor {meta.name!r} holds {bad} NaN/Inf value(s)",
             hint="the checkpoint is damaged or diverged in training; pass --allow-nonfinite to "
             "merge it anyway")
@@ -160,6 +178,6 @@ def _pread(fh, meta: TensorMeta, buffer, offset: int) -> None:
     while done < nbytes:
         got = os.preadv(fh.fileno(), [view[done:]], offset + done)
         if got <= 0:
-            raise CheckpointError(f"{meta.file}: tensor {meta.name!r} is truncated "
-                                  "(the file shrank after it was indexed)")
+            raise CheckpointFileError(f"{meta.file}: tensor {meta.name!r} is truncated "
+                                      "(the file shrank after it was indexed)")
         done += got

@@ -1,6 +1,10 @@
 """Planning the output tensors: for each tensor name, its inputs, shape (heads zero-padded),
 dtypes, layer position and the method's parameters resolved for it (mergekit's gradients and
-filters). Part of resolution (`prefkit.recipe.resolve`): problems are collected, not raised."""
+filters). Part of resolution (`prefkit.recipe.resolve`): problems are collected, not raised.
+
+config.json is data: the keys used here are checked first (`prefkit.io.modelconfig`). Gradients
+run over the layers the tensor names have (highest index + 1), not over config.json's
+`num_hidden_layers`: when the two disagree the names win and the plan notes it."""
 
 from __future__ import annotations
 
@@ -12,10 +16,12 @@ from pydantic import ValidationError
 from prefkit.api import Params, TensorInfo
 from prefkit.errors import CheckpointError, PrefkitError
 from prefkit.io.checkpoint import TensorMeta
+from prefkit.io.modelconfig import config_layers, config_problems, is_count, num_labels
 from prefkit.recipe.params import resolve_values
 from prefkit.recipe.plan import FLOAT_DTYPES, ModelInput, Preference, TensorPlan
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers?|h|blocks?)\.(\d+)\.")
+MAX_LAYERS = 100_000  # a layer index in a tensor name above this is damage, not a model
 
 
 class TensorPlanner:
@@ -41,7 +47,16 @@ class TensorPlanner:
             if dropped:
                 notes.append(f"{len(dropped)} tensor(s) only in base_model are not written "
                              f"(e.g. {dropped[0]})")
-        num_layers = _num_layers(base or inputs[0], names)
+        checked = len(self.errors)
+        seen: set[int] = set()
+        for model in (base, *inputs):
+            if model is not None and id(model.checkpoint) not in seen:
+                seen.add(id(model.checkpoint))
+                self.errors += config_problems(model.checkpoint.path, model.checkpoint.config)
+        num_layers, note = self._num_layers(base or inputs[0], names, inputs)
+        if len(self.errors) > checked:
+            return [], notes
+        notes += [note] if note else []
         plans = []
         for name in names:
             plan = self._tensor(name, base, inputs, num_layers)
@@ -58,6 +73,16 @@ class TensorPlanner:
             except ValueError as exc:
                 self.err(("parameters",), str(exc))
         return plans, notes
+
+    def _num_layers(self, model: ModelInput, names: list[str], inputs) -> tuple[int, str | None]:
+        count, note, odd = _num_layers(model, names)
+        if odd is not None:
+            where = next(m.checkpoint.tensors[odd].file for m in inputs if odd in m.checkpoint.tensors)
+            self.errors.append(CheckpointError(
+                f"{where}: tensor {odd!r} has layer index {_layer_of(odd)}, more than a model "
+                f"has (at most {MAX_LAYERS - 1})", hint="the checkpoint is damaged or lying: "
+                "restore it from the model's source"))
+        return count, note
 
     def _tensor(self, name, base, inputs, num_layers) -> TensorPlan | None:
         metas = [m.checkpoint.tensors.get(name) for m in inputs]
@@ -188,21 +213,30 @@ def _layer_of(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _num_layers(model: ModelInput, names: list[str]) -> int:
-    config = model.checkpoint.config or {}
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
-        if isinstance(config.get(key), int):
-            return config[key]
-    layers = [layer for n in names if (layer := _layer_of(n)) is not None]
-    return max(layers) + 1 if layers else 1
+def _num_layers(model: ModelInput, names: list[str]) -> tuple[int, str | None, str | None]:
+    """The layer count gradients interpolate over, a note when config.json disagrees, and the
+    name of a tensor whose layer index is implausible.
+
+    The count is the tensor names' (highest layer index + 1), so that t = layer / (count - 1)
+    stays within [0, 1] whatever config.json says; its `num_hidden_layers` (or `n_layer`,
+    `num_layers`) only gives a note when it differs. No layer index in the names: 1 (every
+    tensor then has t = 0 and the count is not used).
+    """
+    top = max(((layer, n) for n in names if (layer := _layer_of(n)) is not None), default=None)
+    if top is not None and top[0] >= MAX_LAYERS:
+        return 1, None, top[1]
+    count = top[0] + 1 if top is not None else 1
+    given = config_layers(model.checkpoint.config)
+    if top is None or given is None or given[1] == count:
+        return count, None, None
+    key, value = given
+    said = f"says {key}: {value}" if is_count(value) else f"has {key} {value!r}, not a count"
+    return count, (f"{model.label}: config.json {said}, but the tensor names have {count} "
+                   f"layers (0 to {count - 1}): gradients run over {count}"), None
 
 
 def _num_labels(config: dict | None) -> int | None:
-    if not config:
-        return None
-    if isinstance(config.get("id2label"), dict):
-        return len(config["id2label"])
-    return config.get("num_labels")
+    return num_labels(config)
 
 
 def out_config(base, inputs, tensors) -> dict[str, Any] | None:

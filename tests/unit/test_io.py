@@ -116,3 +116,35 @@ preference: [0.4, 0.3, 0.2, 0.1]
         assert torch.equal(state[name], tensor), name
     logits = model(input_ids=torch.tensor([[0, 5, 6, 7, 2]])).logits
     assert logits.shape == (1, 4) and torch.isfinite(logits).all()
+
+
+def test_too_many_open_files_is_not_a_full_disk(tmp_path):
+    """Both sides of EMFILE / ENFILE: writing the output (write_error) and reading an input."""
+    import errno
+    import os
+
+    from prefkit.io.jsonfile import os_error
+    from prefkit.io.outdir import write_error
+
+    for code, where in ((errno.EMFILE, "this process"), (errno.ENFILE, "the system")):
+        exc = OSError(code, os.strerror(code), str(tmp_path / "x" / "tokenizer.json"))
+        assert str(write_error(tmp_path / "out", exc)) == (
+            f"output {tmp_path / 'out'}: cannot write (tokenizer.json): too many open files (the "
+            f"limit of {where} is reached) (raise the limit of open files in the shell that runs "
+            "prefkit (`ulimit -n 4096`, or higher) and run again; nothing was left behind)")
+    assert "free disk space" in str(write_error(tmp_path / "out", OSError(errno.ENOSPC, "full")))
+    assert str(os_error(tmp_path / "a", OSError(errno.ENFILE, "x"))) == (
+        f"{tmp_path / 'a'}: cannot open: too many open files on this system (close other "
+        "programs' files or raise the system's limit (fs.file-max), then run again)")
+
+
+def test_json_nesting_is_measured_without_recursion():
+    from prefkit.io.jsonfile import MAX_DEPTH, too_deep
+
+    assert not too_deep(b"[" * MAX_DEPTH + b"]" * MAX_DEPTH)
+    assert too_deep(b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1))
+    assert too_deep(b'{"a": ' + b"[" * 10**6 + b"}")  # unbalanced, and far past any stack
+    # brackets inside strings (escaped quotes and backslashes included) do not count
+    text = json.dumps({"a": "[" * 200, 'b"\\': "\\" * 3 + "{" * 200, "c": [[1], [2], {"d": []}]})
+    assert not too_deep(text.encode())
+    assert not too_deep(b"[" + b"[]," * 1000 + b"[]]")  # wide, not deep
