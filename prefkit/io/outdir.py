@@ -97,9 +97,18 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def write_error(out: Path, exc: OSError) -> OutputError:
-    """One line for a failed write: which output, why, what to do."""
+    """One line for a failed write: which output, why, what to do. Running out of file
+    descriptors is said as such (it is not a full disk): raise `ulimit -n`."""
+    import errno
+
     why = exc.strerror or str(exc)
     file = f" ({Path(exc.filename).name})" if getattr(exc, "filename", None) else ""
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        where = "this process" if exc.errno == errno.EMFILE else "the system"
+        return OutputError(f"output {out}: cannot write{file}: too many open files (the limit of "
+                           f"{where} is reached)", hint="raise the limit of open files in the "
+                           "shell that runs prefkit (`ulimit -n 4096`, or higher) and run again; "
+                           "nothing was left behind")
     return OutputError(f"output {out}: cannot write{file}: {why}",
                        hint="free disk space or check permissions and file size limits (ulimit -f), "
                        "or write elsewhere with -o; nothing was left behind")
