@@ -72,11 +72,16 @@ class _PrefkitGroup(click.Group):
                 raise
             report_error(exc)
             ctx.exit(int(exc.exit_code))
-        except KeyboardInterrupt:  # the merge in progress has already removed its partial output
+        except KeyboardInterrupt as exc:  # the merge in progress has removed its partial output
+            # (Ctrl-C, or SIGTERM/SIGHUP: `prefkit.io.interrupts.Terminated`)
             if ctx.params.get("traceback") or os.environ.get("PREFKIT_DEBUG") == "1":
                 raise
-            echo_err("Error: interrupted; nothing half-written was left behind")
-            ctx.exit(int(ExitCode.INTERRUPTED))
+            from prefkit.io.interrupts import Terminated
+
+            what, code = ((exc.what, exc.exit_code) if isinstance(exc, Terminated)
+                          else ("interrupted", ExitCode.INTERRUPTED))
+            echo_err(f"Error: {what}; nothing half-written was left behind")
+            ctx.exit(int(code))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,4 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     # fails with EFBIG and the merge stops with one error and no partial output.
     if hasattr(signal, "SIGXFSZ"):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    # SIGTERM and SIGHUP stop a run as Ctrl-C does: its temporary folder and lock are removed,
+    # and it exits 143 / 129 (ExitCode.TERMINATED / HANGUP) with one line.
+    from prefkit.io.interrupts import install
+
+    install()
     build_cli()(args=argv, prog_name="prefkit")

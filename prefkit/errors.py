@@ -12,7 +12,9 @@ class ExitCode(enum.IntEnum):
     USAGE = 2
     INVALID_RECIPE = 3
     PLUGIN = 4
+    HANGUP = 129  # SIGHUP (128 + 1): the terminal went away; stopped as for Ctrl-C
     INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT (128 + 2)
+    TERMINATED = 143  # SIGTERM (128 + 15): asked to stop (kill, a scheduler); as for Ctrl-C
 
 
 class PrefkitError(Exception):

@@ -15,7 +15,6 @@ from typing import Any
 
 from prefkit.engine import executor  # executor.execute, looked up at each call (tests wrap it)
 from prefkit.engine.executor import DEFAULT_SHARD_BYTES, ExecuteOptions
-from prefkit.errors import OutputError
 from prefkit.recipe.loader import LoadedRecipe
 from prefkit.recipe.plan import Plan
 
@@ -141,17 +140,18 @@ def _train(plan: Plan, registry, reporter, force: bool, options: RunOptions) -> 
 def _solve(plan: Plan, registry, reporter, force: bool, options: RunOptions) -> dict[str, Any]:
     """Solver methods (AdaMerging): learn the coefficients, then the streaming executor applies
     them through the method's `merge`; the solution is saved as `<output>/<method>.json`."""
+    from prefkit.io.outdir import claim_output
+
+    # The executor's output checks, before minutes of learning rather than after; the output's
+    # lock is held from here to the end (the executor takes it again, re-entrantly).
+    with claim_output(plan.output, force, reporter.note):
+        return _solve_owned(plan, registry, reporter, force, options)
+
+
+def _solve_owned(plan: Plan, registry, reporter, force: bool, options: RunOptions) -> dict[str, Any]:
     from prefkit.api import SolveContext
     from prefkit.eval.run import inline_tasks
-    from prefkit.io.outdir import check_replaceable, recover_interrupted
 
-    for note in recover_interrupted(plan.output):  # the executor's output checks, before
-        reporter.note(note)                         # minutes of learning rather than after
-    if plan.output.exists() and not force:
-        raise OutputError(f"output {plan.output} already exists",
-                          hint="pass --force to replace it, or -o")
-    if plan.output.exists():
-        check_replaceable(plan.output)
     method = plan.method.method
     extra = inline_tasks(plan.inline_tasks)
     tasks = tuple(extra.get(m.task) or registry.task(m.task).task for m in plan.inputs)

@@ -5,7 +5,12 @@ method's `merge`, cast to the output dtype and append to the open shard. A metho
 itself `elementwise` gets large tensors in slabs of rows and reused buffers (`prefkit.engine.slabs`), so
 memory stays constant as models grow. The next slab is read on a background thread while the
 current one is merged. Output goes to a temporary sibling folder that is renamed into place only
-when complete, so a failure leaves nothing behind.
+when complete, so a failure leaves nothing behind. The run holds the output's lock throughout
+(`prefkit.io.outdir.claim_output`), and the final rename replaces nothing it was not agreed to.
+
+Every merged slab is checked finite before it is written (one pass over it): a merge that turns
+finite inputs into NaN/Inf (a weight or lambda whose product overflows the dtype) fails, naming
+the tensor and the parameters that scale it.
 
 A method that takes numpy arrays (`TensorMethod.takes_numpy`: linear, task arithmetic, float32
 TIES) merges them on the CPU (`numpy_merge`), and the whole merge then runs without importing
@@ -41,14 +46,11 @@ from prefkit.engine.threads import merge_threads
 from prefkit.errors import MergeError, OutputError, PrefkitError
 from prefkit.io import arrays
 from prefkit.io.checkpoint import TensorReader, is_pickle
+from prefkit.io.finite import check_result
 from prefkit.io.hub import TOKENIZER_FILES
-from prefkit.io.outdir import (
-    check_replaceable,
-    recover_interrupted,
-    replace_folder,
-    temp_sibling,
-    write_error,
-)
+from prefkit.io.interrupts import deferred
+from prefkit.io.outdir import KEPT, Identity, claim_output, replace_folder, temp_sibling, write_error
+from prefkit.io.ownership import OutputAppeared
 from prefkit.io.writer import OutTensor, ShardWriter, plan_shards
 from prefkit.progress import NullReporter, Reporter
 from prefkit.recipe.plan import Plan, fingerprint
@@ -99,45 +101,57 @@ def execute(plan: Plan, options: ExecuteOptions | None = None, *,
     """Run a Plan and write its output folder (see ExecuteOptions).
 
     Raises:
-        OutputError: the output exists and `force` is false, or cannot be written (disk full).
-        MergeError / CheckpointError: a method or an input failed; nothing is left behind.
+        OutputError: the output exists and `force` is false, another run holds it, something
+            appeared there meanwhile (the result is kept: `OutputAppeared`), or it cannot be
+            written (disk full).
+        MergeError / CheckpointError: a method or an input failed, or the merge gave NaN/Inf
+            from finite inputs; nothing is left behind.
     """
     o = options or ExecuteOptions()
-    force, max_shard_bytes, weights, device = o.force, o.max_shard_bytes, o.weights, o.device
-    check_device(device)
+    check_device(o.device)
     reporter = reporter or NullReporter()
-    out = plan.output
-    for note in recover_interrupted(out):
-        reporter.note(note)
-    if out.exists():
-        if not force:
-            raise OutputError(f"output {out} already exists", hint="pass --force to replace it, or -o")
-        check_replaceable(out)
+    try:
+        with claim_output(plan.output, o.force, reporter.note) as agreed:
+            return _execute(plan, o, reporter, agreed)
+    finally:
+        reporter.finish()
+
+
+def _execute(plan: Plan, o: ExecuteOptions, reporter: Reporter, agreed: Identity | None) -> MergeResult:
+    """`execute` once the output is ours: write the temporary sibling, then move it into place."""
+    out, weights, device = plan.output, o.weights, o.device
     tmp = temp_sibling(out)
+    if (tmp / KEPT).exists():
+        raise OutputError(f"output {out}: a result kept by an earlier run of this process is at "
+                          f"{tmp}", hint="move it, then run again")
     numpy = weights is None and device == "cpu" and numpy_merge(plan)
     if not numpy:
         import torch  # noqa: F401  (here, not on the clock: its import is start-up, not merging)
     started = time.perf_counter()
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        total = _write_tensors(plan, tmp, reporter, max_shard_bytes, weights, o.allow_nonfinite,
+        total = _write_tensors(plan, tmp, reporter, o.max_shard_bytes, weights, o.allow_nonfinite,
                                o.state, o.threads, device, numpy)
         seconds = time.perf_counter() - started
         _write_side_files(plan, tmp, seconds, o.task_heads, o.provenance)
         for name, text in (o.files or {}).items():
             (tmp / name).write_text(text)
-        replace_folder(tmp, out)
+        replace_folder(tmp, out, agreed)
+    except OutputAppeared:  # the new result stays where it is, reported
+        raise
     except OSError as exc:  # reading errors are CheckpointErrors: this is the output side
-        shutil.rmtree(tmp, ignore_errors=True)
+        _discard(tmp)
         raise write_error(out, exc) from exc
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _discard(tmp)
         raise
-    finally:
-        reporter.finish()
     return MergeResult(out, len(plan.tensors), total, seconds)
+
+
+def _discard(tmp: Path) -> None:
+    with deferred():  # removed whole, even if SIGTERM comes meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes: int,
@@ -199,6 +213,9 @@ def _merge_units(plan: Plan, units: list[Slab], io: SlabIO, writer: ShardWriter,
         else:
             result = _merge_one(plan, slab, tensors, base, slab.info(state, tensor_state), numpy)
         written = loader.output(result, tp.out_dtype)
+        if not (tp.copy or given):
+            check_result(tp, plan.preference, written, numpy, loader.reader.check_finite,
+                         None if slab.count == 1 else slab.rows)
         writer.write(tp.name, written, tp.out_dtype if numpy else None)
         loader.hold(written, io.last_write)  # its buffer is not read into before it is written
         del tensors, base, result, written

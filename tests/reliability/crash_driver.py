@@ -1,4 +1,4 @@
-"""Runs the prefkit CLI in a child process and stops it at a chosen point, for the crash tests.
+"""Runs the prefkit CLI in a child process and stops it at a chosen point, for the process tests.
 
 Children are forked from a multiprocessing fork server that has imported torch and prefkit once
 (this module imports them), so each crash costs a fork, not a Python start-up. The server never
@@ -9,6 +9,10 @@ Points: `plan` (before the first byte is written), `tensor` (after the N-th tens
 complete, before it is moved into place), `swap` (with --force: the old output moved aside, the
 new one not yet in place), `cleanup` (the new output in place, the old one not yet deleted),
 `none` (run to the end, or until the parent kills it).
+
+At the point the child sends itself `signal` (KILL, INT, TERM, HUP), or with `PAUSE` writes the
+file `paused` in its working directory and waits there until the test creates `resume` (what
+another process does meanwhile: a second run, a file appearing at the output).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 
 from prefkit import cli
 from prefkit.engine import executor
-from prefkit.io import writer
+from prefkit.io import interrupts, outdir, writer
 
 ENV = {"PREFKIT_LOAD_PLUGINS": "linear,task_arithmetic,ties", "HF_HUB_OFFLINE": "1"}
 
@@ -33,7 +37,7 @@ ENV = {"PREFKIT_LOAD_PLUGINS": "linear,task_arithmetic,ties", "HF_HUB_OFFLINE": 
 @dataclass(frozen=True)
 class Crash:
     point: str  # see the module docstring
-    signal: str = "KILL"  # KILL (no cleanup can run) or INT (Ctrl-C)
+    signal: str = "KILL"  # KILL (no cleanup can run), INT (Ctrl-C), TERM, HUP or PAUSE
     count: int = 0  # for `tensor`: stop after this many tensors
     args: tuple[str, ...] = ()  # CLI arguments
     file_size_limit: int | None = None  # RLIMIT_FSIZE in bytes: a disk that fills up
@@ -74,12 +78,26 @@ def _child(crash: Crash, cwd: str, log: str) -> None:
     cli.main(list(crash.args))
 
 
+def _pause() -> None:
+    Path("paused").write_text(f"{os.getpid()}\n")
+    for _ in range(6000):
+        if Path("resume").exists():
+            return
+        time.sleep(0.01)
+    raise SystemExit("the test never resumed the child")
+
+
 def _install(crash: Crash) -> None:
-    sig = getattr(signal, f"SIG{crash.signal}")
+    sig = None if crash.signal == "PAUSE" else getattr(signal, f"SIG{crash.signal}")
 
     def stop() -> None:
-        os.kill(os.getpid(), sig)  # SIGKILL ends us here; SIGINT raises KeyboardInterrupt
-        time.sleep(30)
+        if sig is None:
+            return _pause()
+        os.kill(os.getpid(), sig)  # SIGKILL ends us here; INT/TERM/HUP raise KeyboardInterrupt
+        for _ in range(3000):  # ... while we wait here, unless the step defers it to its end
+            if interrupts._State.pending == sig:
+                return None
+            time.sleep(0.01)
         raise SystemExit("the signal was not delivered")
 
     def after(function, calls: int):
@@ -108,6 +126,6 @@ def _install(crash: Crash) -> None:
     elif crash.point == "rename":
         executor.replace_folder = before(executor.replace_folder)
     elif crash.point in ("swap", "cleanup"):  # rename 1: old output aside; rename 2: new one in
-        Path.rename = after(Path.rename, 1 if crash.point == "swap" else 2)
+        outdir.rename_noreplace = after(outdir.rename_noreplace, 1 if crash.point == "swap" else 2)
     elif crash.point != "none":
         raise ValueError(f"unknown crash point {crash.point!r}")

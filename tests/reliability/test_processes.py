@@ -1,9 +1,12 @@
-"""Crashes: a merge killed (SIGKILL) at any point leaves no output that looks complete and the
-re-run works; Ctrl-C stops with one line; a full disk (a file size limit) is one clear error with
-no partial output.
+"""Processes: a merge killed (SIGKILL) at any point leaves no output that looks complete and the
+re-run works; Ctrl-C, SIGTERM and SIGHUP stop with one line; a full disk (a file size limit) is
+one clear error with no partial output. A run owns its output: a second run on it fails at once,
+an output that appears meanwhile is never replaced, stale temporaries are recognised whatever
+pid they carry, and `--force` over a symlink leaves nothing behind.
 
-Each case runs the real CLI in a child process (`crash_driver.py` stops it at a chosen point, or
-the test kills it at a random moment), then checks the folder and re-runs the same command.
+Each case runs the real CLI in a child process (`crash_driver.py` stops or pauses it at a chosen
+point, or the test kills it at a random moment), then checks the folder and re-runs the same
+command.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -47,10 +52,12 @@ def crash(workdir: Path, spec: Crash) -> tuple[int, str, str]:
     return process.exitcode, out, err
 
 
-def digest(folder: Path) -> dict[str, str]:
+def digest(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
     """Every file of an output folder and its hash (provenance without its timing)."""
     out = {}
     for file in sorted(folder.rglob("*")):
+        if file.name in skip:
+            continue
         data = file.read_bytes()
         if file.name == "prefkit.json":
             data = b"\n".join(line for line in data.splitlines() if b"merge_seconds" not in line)
@@ -138,6 +145,10 @@ def test_sigkill_at_random_moments(cli, workdir, reference):
         if (workdir / "out").exists():  # it finished first: then it is complete
             outcomes.append("complete")
             assert digest(workdir / "out") == reference
+            # killed just after the final rename, it can leave its lock file (no longer held):
+            # the next run takes it over and removes it (checked below)
+            assert leftovers(workdir) in ([], [".out.prefkit-lock"])
+            assert invoke(cli, *RUN, "--force").exit_code == 0
         else:
             outcomes.append("nothing")
             rerun = invoke(cli, *RUN)
@@ -154,6 +165,136 @@ def test_ctrl_c_stops_with_one_line(workdir, reference):
     assert err.splitlines() == ["Error: interrupted; nothing half-written was left behind"]
     assert out == ""
     assert not (workdir / "out").exists() and leftovers(workdir) == []
+
+
+@pytest.mark.parametrize(("name", "code", "what"), [("TERM", 143, "terminated (SIGTERM)"),
+                                                 ("HUP", 129, "hung up (SIGHUP)")])
+def test_sigterm_and_sighup_stop_like_ctrl_c(workdir, reference, name, code, what):
+    exit_code, out, err = crash(workdir, Crash("tensor", name, TENSORS // 2, RUN))
+    assert exit_code == code
+    assert err.splitlines() == [f"Error: {what}; nothing half-written was left behind"]
+    assert out == ""
+    assert not (workdir / "out").exists() and leftovers(workdir) == []  # no temporary, no lock
+
+
+def test_sigterm_during_the_final_renames_waits_for_them(cli, workdir, reference):
+    """SIGTERM between moving the old output aside and the new one in: the replacement is
+    finished first (never an output missing), then the run stops with its line."""
+    old = write_recipe(workdir, RECIPE.replace("density: 0.5", "density: 0.2"), "old.yaml")
+    assert invoke(cli, "run", old, "-o", "out", "-q").exit_code == 0
+    code, out, err = crash(workdir, Crash("swap", "TERM", args=(*RUN, "--force")))
+    assert code == 143
+    assert err.splitlines() == ["Error: terminated (SIGTERM); nothing half-written was left behind"]
+    assert digest(workdir / "out") == reference and leftovers(workdir) == []
+
+
+def paused(workdir: Path, spec: Crash):
+    """Start a child that waits at its point (see crash_driver); returns it once it waits."""
+    process = start(spec, workdir, workdir / "child-paused")
+    for _ in range(3000):
+        if (workdir / "paused").exists() or not process.is_alive():
+            break
+        time.sleep(0.01)
+    assert (workdir / "paused").read_text() == f"{process.pid}\n"
+    return process
+
+
+def finish(workdir: Path, process) -> tuple[int, str, str]:
+    (workdir / "resume").touch()
+    process.join(120)
+    log = workdir / "child-paused"
+    return process.exitcode, *(Path(f"{log}{s}").read_text() for s in (".out", ".err"))
+
+
+def test_a_second_run_on_the_same_output_fails_at_once(cli, workdir, reference):
+    process = paused(workdir, Crash("tensor", "PAUSE", TENSORS // 2, RUN))
+    for extra in ((), ("--force",)):
+        started = time.perf_counter()
+        second = invoke(cli, *RUN, *extra)
+        assert time.perf_counter() - started < 10  # at once: it does not wait for the first
+        assert second.exit_code == 2
+        assert second.stderr.splitlines()[0] == (
+            f"Error: output out is in use by another prefkit run (pid {process.pid}) (wait for it "
+            "to finish, or choose another -o)")
+        assert not (workdir / "out").exists()
+    code, out, err = finish(workdir, process)
+    assert code == 0, err
+    assert json.loads(out)["status"] == "ok"
+    assert digest(workdir / "out") == reference and leftovers(workdir) == []  # untouched
+
+
+def kept_line(pid: int) -> re.Pattern:
+    return re.compile(
+        rf"^Error: output out appeared or changed while this run wrote it; it was left as it is, "
+        rf"and the new result is kept at (\.out\.prefkit-tmp-{pid}-\d+) \(move one of them, "
+        r"then run again\)$")
+
+
+def test_an_output_appearing_mid_merge_is_kept(cli, workdir, reference):
+    process = paused(workdir, Crash("tensor", "PAUSE", TENSORS // 2, RUN))
+    (workdir / "out").mkdir()
+    (workdir / "out" / "mine.txt").write_text("precious\n")
+    code, out, err = finish(workdir, process)
+    assert code == 2
+    match = kept_line(process.pid).match(err.splitlines()[0])
+    assert match, err
+    assert [p.name for p in (workdir / "out").iterdir()] == ["mine.txt"]
+    assert (workdir / "out" / "mine.txt").read_text() == "precious\n"  # not clobbered
+    kept = workdir / match.group(1)
+    assert digest(kept, skip=(".prefkit-kept",)) == reference  # the new result, complete
+    assert leftovers(workdir) == [kept.name]  # and no lock
+    again = invoke(cli, *RUN)  # a later run neither replaces `out` nor removes the kept result
+    assert again.exit_code == 2 and again.stderr.splitlines()[0].startswith(
+        "Error: output out already exists")
+    assert leftovers(workdir) == [kept.name] and digest(kept, skip=(".prefkit-kept",)) == reference
+
+
+def test_force_replaces_only_the_output_it_agreed_to(cli, workdir, reference):
+    """With --force, an old output swapped for another folder mid-merge is not replaced."""
+    old = write_recipe(workdir, RECIPE.replace("density: 0.5", "density: 0.2"), "old.yaml")
+    assert invoke(cli, "run", old, "-o", "out", "-q").exit_code == 0
+    process = paused(workdir, Crash("tensor", "PAUSE", TENSORS // 2, (*RUN, "--force")))
+    (workdir / "out").rename(workdir / "moved")
+    (workdir / "out").mkdir()
+    (workdir / "out" / "prefkit.json").write_text("{}\n")  # another run's? not the agreed one
+    code, out, err = finish(workdir, process)
+    assert code == 2
+    match = kept_line(process.pid).match(err.splitlines()[0])
+    assert match, err
+    assert (workdir / "out" / "prefkit.json").read_text() == "{}\n"
+    assert digest(workdir / match.group(1), skip=(".prefkit-kept",)) == reference
+    assert leftovers(workdir) == [match.group(1)]
+
+
+def test_stale_temporaries_with_a_reused_pid_are_removed(cli, workdir, reference):
+    """A temporary whose pid now belongs to another live process is stale all the same: its
+    name's start time is not that process's (or it has none, and this run holds the lock)."""
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        names = [f".out.prefkit-tmp-{other.pid}", f".out.prefkit-tmp-{other.pid}-1"]
+        for name in names:
+            (workdir / name).mkdir()
+            (workdir / name / "model.safetensors").write_bytes(b"\0" * 4096)
+        result = invoke(cli, "run", "recipe.yaml", "-o", "out")
+    finally:
+        other.kill()
+        other.wait()
+    assert result.exit_code == 0, result.stderr
+    assert [line for line in result.stderr.splitlines() if "removed" in line] == [
+        f"out: removed {name} left by an interrupted run" for name in names]
+    assert digest(workdir / "out") == reference and leftovers(workdir) == []
+
+
+def test_force_on_a_symlinked_output_leaves_nothing_behind(cli, workdir, reference):
+    old = write_recipe(workdir, RECIPE.replace("density: 0.5", "density: 0.2"), "old.yaml")
+    assert invoke(cli, "run", old, "-o", "real", "-q").exit_code == 0
+    real = digest(workdir / "real")
+    (workdir / "out").symlink_to("real")
+    result = invoke(cli, *RUN, "--force")
+    assert result.exit_code == 0, result.stderr
+    assert not (workdir / "out").is_symlink() and digest(workdir / "out") == reference
+    assert digest(workdir / "real") == real  # what the link pointed to is not ours to delete
+    assert leftovers(workdir) == []  # no .out.prefkit-old-*
 
 
 def test_full_disk_is_one_clear_error(cli, workdir, reference):

@@ -233,3 +233,72 @@ def test_bare_encoder_base_serves_prefixed_model_names(workdir, registry, tmp_pa
     out = merge(workdir, text.format(bare), registry)
     name = "roberta.encoder.layer.1.attention.self.value.weight"
     assert torch.equal(out[name], tensors[name])  # lambda 0: exactly the base
+
+
+@pytest.mark.parametrize("atomic", [True, False], ids=["renameat2", "check-then-rename"])
+def test_rename_noreplace_never_replaces(tmp_path, monkeypatch, atomic):
+    """os.rename would replace an empty folder silently; the no-replace rename refuses, and so
+    does its fallback (no renameat2), leaving both where they were."""
+    from prefkit.io import ownership
+
+    if not atomic:
+        monkeypatch.setattr(ownership, "_renameat2", lambda: None)
+    else:
+        assert ownership._renameat2() is not None  # Linux with glibc 2.28+: the atomic call
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "x").write_text("new")
+    (tmp_path / "there").mkdir()
+    with pytest.raises(FileExistsError):
+        ownership.rename_noreplace(tmp_path / "new", tmp_path / "there")
+    assert (tmp_path / "new" / "x").read_text() == "new" and not any((tmp_path / "there").iterdir())
+    ownership.rename_noreplace(tmp_path / "new", tmp_path / "moved")
+    assert (tmp_path / "moved" / "x").read_text() == "new" and not (tmp_path / "new").exists()
+
+
+def test_output_lock_is_reentrant_and_removed(tmp_path):
+    """A solver holds the lock while learning and the executor takes it again: one process,
+    one lock; the file goes when the outermost holder is done."""
+    import os
+
+    from prefkit.io.ownership import hold_output, lock_path, process_start
+
+    out = tmp_path / "sub" / "out"
+    with hold_output(out):
+        with hold_output(out):
+            assert lock_path(out).read_text() == f"{os.getpid()} {process_start(os.getpid())}\n"
+        assert lock_path(out).exists()
+    assert list((tmp_path / "sub").iterdir()) == []
+
+
+def test_a_kept_result_is_never_taken_for_stale(tmp_path):
+    from prefkit.io.outdir import KEPT, recover_interrupted
+
+    out = tmp_path / "out"
+    kept, stale = tmp_path / ".out.prefkit-tmp-1-99999999999", tmp_path / ".out.prefkit-tmp-2-99999999999"
+    for folder in (kept, stale):
+        folder.mkdir()
+    (kept / KEPT).write_text("kept\n")
+    assert recover_interrupted(out, locked=True) == [
+        f"{out}: removed {stale.name} left by an interrupted run"]
+    assert [p.name for p in tmp_path.iterdir()] == [kept.name]
+
+
+def test_a_slab_that_overflows_is_named_with_its_rows():
+    """Large tensors are checked slab by slab: the error says which rows it counted."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from prefkit.io.finite import check_result
+
+    tp = SimpleNamespace(name="big.weight", out_dtype="float16", shape=(8, 2), params=None,
+                         model_params=(), sources=(), base=None)
+    slab = np.array([[1.0, np.inf], [-np.inf, 2.0]], np.float16)
+    check_result(tp, None, slab[:, :0], True, True, (0, 2))  # no entries: nothing to say
+    with pytest.raises(MergeError) as caught:
+        check_result(tp, None, slab, True, True, (2, 4))
+    assert str(caught.value) == (
+        "tensor 'big.weight': the merge gave 2 non-finite value(s) (rows 2-4 of 8) from finite "
+        "inputs: lower the parameters that scale it; nothing was written")
+    with pytest.raises(MergeError):  # --allow-nonfinite checks it too: its inputs hold none
+        check_result(tp, None, slab, True, False, (2, 4))
