@@ -1,12 +1,9 @@
-"""Bounds on the numbers a recipe scales tensors by, checked when it is validated, so that finite
-inputs cannot overflow the merge arithmetic through a huge weight, lambda or preference.
-
-- scale parameters (weights, `lambda`): finite, |x| ≤ SCALE_LIMIT;
-- preference entries: finite, 0 ≤ p ≤ PREFERENCE_MAX, and Σp ≥ PREFERENCE_MIN_SUM, so that the
-  normalised weights m·p_i/Σp stay between 0 and the number of models.
-
-Methods use `Scale` as a field's type (`weight: Scale = Field(...)`); errors name the value and
-the allowed range, and the recipe's loader puts the field and its line in front.
+"""Bounds on the preference, checked when a recipe is validated, so that finite inputs cannot
+overflow the merge arithmetic through it: each entry finite, 0 ≤ p ≤ PREFERENCE_MAX, and
+Σp ≥ PREFERENCE_MIN_SUM, so that the weights m·p_i/Σp stay between 0 and the number of models.
+Errors name the value and the allowed range; the recipe's loader puts the field (with the entry's
+index) and its line in front. The built-in methods bound their own weights and `lambda`
+(finite, |x| ≤ 1e6) in their Params (plugins import only prefkit's public API).
 """
 
 from __future__ import annotations
@@ -17,7 +14,6 @@ from typing import Annotated
 from pydantic import AfterValidator
 from pydantic_core import PydanticCustomError
 
-SCALE_LIMIT = 1e6
 PREFERENCE_MAX = 1e6
 PREFERENCE_MIN_SUM = 1e-9
 
@@ -30,17 +26,6 @@ def number(x: float) -> str:
 
 def _out_of_range(message: str) -> PydanticCustomError:
     return PydanticCustomError("out_of_range", message)
-
-
-def check_scale(value: float) -> float:
-    """A weight or scale factor: finite and within ±SCALE_LIMIT."""
-    if not math.isfinite(value) or abs(value) > SCALE_LIMIT:
-        raise _out_of_range(f"{value!r} is out of range; allowed: a finite number from "
-                            f"{number(-SCALE_LIMIT)} to {number(SCALE_LIMIT)}")
-    return value
-
-
-Scale = Annotated[float, AfterValidator(check_scale)]
 
 
 def check_preference_entry(value: float) -> float:
