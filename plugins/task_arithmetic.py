@@ -9,17 +9,15 @@ mergekit semantics (0.1.5): `normalize` defaults to false; a weight sum below 1e
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-from pydantic import AfterValidator, Field
-from pydantic_core import PydanticCustomError
+from pydantic import Field
 
 if TYPE_CHECKING:  # `merge` takes torch tensors or numpy arrays alike (`takes_numpy`)
     import torch
 
-from prefkit.api import MergeInfo, Params, TensorMethod, WeightParams, hookimpl
+from prefkit.api import MergeInfo, Params, Scale, TensorMethod, WeightParams, hookimpl
 from prefkit.ops import (
     accumulator,
     cast_like,
@@ -29,20 +27,6 @@ from prefkit.ops import (
     task_vectors_,
     weight_sum,
 )
-
-# Weights and lambda are finite and within ±1e6, so that finite inputs cannot overflow the merge;
-# the error names the value and the range (the recipe's loader puts the field and its line first).
-SCALE_LIMIT = 1e6
-
-
-def _bounded(value: float) -> float:
-    if not math.isfinite(value) or abs(value) > SCALE_LIMIT:
-        raise PydanticCustomError("out_of_range", f"{value!r} is out of range; allowed: a finite "
-                                  "number from -1e6 to 1e6")
-    return value
-
-
-Scale = Annotated[float, AfterValidator(_bounded)]
 
 
 class TaskArithmeticParams(Params):

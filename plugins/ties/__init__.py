@@ -30,15 +30,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import AfterValidator, Field
-from pydantic_core import PydanticCustomError
+from pydantic import Field
 
 if TYPE_CHECKING:  # torch is imported inside the functions: the CLI starts without it
     import torch
 
-from prefkit.api import MergeInfo, Params, Scan, TensorInfo, TensorMethod, hookimpl
+from prefkit.api import MergeInfo, Params, Scale, Scan, TensorInfo, TensorMethod, hookimpl
 from prefkit.ops import (
     CHUNK,
     chunks,
@@ -54,20 +53,6 @@ from prefkit.ops import (
 from .cut import MagnitudeCut, task_vector_cut_point
 from .fused import kernels_enabled, kernels_for
 from .selection import MagnitudeSelection
-
-# Weights and lambda are finite and within ±1e6, so that finite inputs cannot overflow the merge;
-# the error names the value and the range (the recipe's loader puts the field and its line first).
-SCALE_LIMIT = 1e6
-
-
-def _bounded(value: float) -> float:
-    if not math.isfinite(value) or abs(value) > SCALE_LIMIT:
-        raise PydanticCustomError("out_of_range", f"{value!r} is out of range; allowed: a finite "
-                                  "number from -1e6 to 1e6")
-    return value
-
-
-Scale = Annotated[float, AfterValidator(_bounded)]
 
 
 class TiesParams(Params):

@@ -35,11 +35,11 @@ from prefkit.api.learning import (
     TrainSettings,
 )
 from prefkit.api.methods import Method, TensorMethod
-from prefkit.api.params import NoParams, Params, WeightParams
+from prefkit.api.params import NoParams, Params, Scale, WeightParams
 from prefkit.api.tasks import Task
 
 hookimpl = pluggy.HookimplMarker("prefkit")
 
-__all__ = ["Corpus", "MergeInfo", "Method", "NoParams", "Params", "Scan", "ScanItem", "SlabRows",
+__all__ = ["Corpus", "MergeInfo", "Method", "NoParams", "Params", "Scale", "Scan", "ScanItem", "SlabRows",
            "SolveContext", "Solution", "SolverMethod", "SolverSettings", "Task", "TensorInfo",
            "TensorMethod", "TrainSettings", "TrainerMethod", "WeightParams", "hookimpl"]

@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import math
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
+
+SCALE_LIMIT = 1e6  # |weight|, |lambda| at most this, so that finite inputs cannot overflow a merge
+
+
+def _bounded(value: float) -> float:
+    if not math.isfinite(value) or abs(value) > SCALE_LIMIT:
+        raise PydanticCustomError("out_of_range", f"{value!r} is out of range; allowed: a finite "
+                                  "number from -1e6 to 1e6")
+    return value
+
+
+# A weight or scale parameter: finite, |x| <= SCALE_LIMIT. The error names the value and the
+# range; the recipe's loader puts the field and its line in front.
+Scale = Annotated[float, AfterValidator(_bounded)]
 
 
 class Params(BaseModel):
@@ -18,4 +36,5 @@ class NoParams(Params):
 class WeightParams(Params):
     """The per-model parameter every weighted method shares."""
 
-    weight: float = Field(description="Weight of this model's tensor (or task vector).")
+    weight: Scale = Field(description="Weight of this model's tensor or task vector "
+                          "(finite, |w| <= 1e6).")
