@@ -23,6 +23,7 @@ import errno
 import fcntl
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +33,7 @@ from prefkit.errors import OutputError
 LOCK = "prefkit-lock"
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
-_held: dict[str, list] = {}  # lock file → [fd, depth]: re-entrant within this process
+_held: dict[tuple, list] = {}  # (thread, lock file) → [fd, depth]: re-entrant in one thread
 
 
 class OutputAppeared(OutputError):
@@ -84,15 +85,16 @@ def alive(pid: int, start: str | None) -> bool:
 
 @contextlib.contextmanager
 def hold_output(out: Path, notes: list[str] | None = None) -> Iterator[None]:
-    """Hold the output's lock for the block (re-entrant in one process: a solver holds it while
-    learning and the executor again while writing). Creates the output's parent folder.
+    """Hold the output's lock for the block (re-entrant in one thread: a solver holds it while
+    learning and the executor again while writing; another thread of this process is refused
+    like another process). Creates the output's parent folder.
 
     Raises:
         OutputError: another live run holds it (names its pid).
     """
     path = lock_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    key = str(path.parent.resolve() / path.name)
+    key = (threading.get_ident(), str(path.parent.resolve() / path.name))
     if key in _held:
         _held[key][1] += 1
     else:

@@ -302,3 +302,27 @@ def test_a_slab_that_overflows_is_named_with_its_rows():
         "inputs: lower the parameters that scale it; nothing was written")
     with pytest.raises(MergeError):  # --allow-nonfinite checks it too: its inputs hold none
         check_result(tp, None, slab, True, False, (2, 4))
+
+
+def test_another_thread_of_this_process_is_refused(tmp_path):
+    import os
+    import threading
+
+    from prefkit.errors import OutputError
+    from prefkit.io.ownership import hold_output
+
+    out, errors = tmp_path / "out", []
+
+    def second():
+        try:
+            with hold_output(out):
+                pass
+        except OutputError as exc:
+            errors.append(str(exc))
+
+    with hold_output(out):
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join()
+    assert errors == [f"output {out} is in use by another prefkit run (pid {os.getpid()}) (wait "
+                      "for it to finish, or choose another -o)"]
