@@ -92,3 +92,11 @@ class OutputError(PrefkitError):
 
 class MergeError(PrefkitError):
     """A method raised while merging one tensor; names method, plugin and tensor."""
+
+
+def did_you_mean(name: str, known) -> str:
+    """`did you mean 'density'? ` when a known name is close to `name` (difflib), else ``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    return f"did you mean {close[0]!r}? " if close else ""

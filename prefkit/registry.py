@@ -11,7 +11,6 @@ Environment:
 
 from __future__ import annotations
 
-import difflib
 import importlib.metadata
 import importlib.util
 import os
@@ -29,6 +28,7 @@ from prefkit.errors import (
     PrefkitError,
     UnknownMethodError,
     UnknownTaskError,
+    did_you_mean,
 )
 
 ENTRY_POINT_GROUP = "prefkit"
@@ -63,8 +63,7 @@ class Registry:
     def task(self, name: str) -> RegisteredTask:
         if name in self.tasks:
             return self.tasks[name]
-        close = difflib.get_close_matches(name, list(self.tasks), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = did_you_mean(name, self.tasks)
         raise UnknownTaskError(
             f"unknown task {name!r}",
             hint=hint + f"registered: {', '.join(sorted(self.tasks)) or 'none'}; "
@@ -76,9 +75,7 @@ class Registry:
         if canonical in self.methods:
             return self.methods[canonical]
         known = sorted([*self.methods, *self.aliases])
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        hint += f"installed: {', '.join(sorted(self.methods)) or 'none'}"
+        hint = did_you_mean(name, known) + f"installed: {', '.join(sorted(self.methods)) or 'none'}"
         if self.failed:
             hint += f"; plugins that failed to load: {', '.join(sorted(self.failed))}"
         raise UnknownMethodError(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import typing
@@ -13,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from prefkit.errors import RecipeError, RecipeErrors
+from prefkit.errors import RecipeError, RecipeErrors, did_you_mean
 from prefkit.recipe.recipe_file import read_recipe_bytes
 from prefkit.recipe.schema import UNSUPPORTED_MERGEKIT_KEYS, Recipe
 
@@ -331,8 +330,7 @@ def _known_keys_hint(loc: tuple) -> str:
     if model is None:
         return "check the spelling"
     allowed = sorted(model.model_fields)
-    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-    return (f"did you mean {close[0]!r}? " if close else "") + f"allowed here: {', '.join(allowed)}"
+    return did_you_mean(loc[-1], allowed) + f"allowed here: {', '.join(allowed)}"
 
 
 def _inner_model(annotation: Any) -> type[BaseModel] | None:

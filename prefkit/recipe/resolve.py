@@ -14,7 +14,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from prefkit.api import TensorInfo
-from prefkit.errors import CheckpointError, OutputError, PrefkitError, RecipeError, RecipeErrors
+from prefkit.errors import (
+    CheckpointError,
+    OutputError,
+    PrefkitError,
+    RecipeError,
+    RecipeErrors,
+    did_you_mean,
+)
 from prefkit.io.hub import resolve_model
 from prefkit.io.lora import open_input
 from prefkit.io.paths import identity, location_problem, output_name_problem
@@ -251,7 +258,7 @@ class _Resolver:
             if owner is None:
                 known = sorted({*aliases(method.Params), *aliases(method.ModelParams)})
                 self.err((*loc, key), f"unknown parameter for method {method.name!r}",
-                         f"known: {', '.join(known) or 'none'}")
+                         did_you_mean(key, known) + f"known: {', '.join(known) or 'none'}")
                 continue
             if not top_level and owner is method.Params:
                 self.err((*loc, key), "is shared by all models; set it under the top-level "
