@@ -62,10 +62,9 @@ class TensorPlanner:
             plan = self._tensor(name, base, inputs, num_layers)
             if plan is not None:
                 plans.append(plan)
-                if plan.padded:
-                    notes.append(f"{name}: head zero-padded to {list(plan.shape)}")
             if len(self.errors) >= 10:
                 break
+        notes += padding_notes([p for p in plans if p.padded])
         if not self.errors and hasattr(self.method, "check"):
             try:
                 self.method.check([(p.info, p.params, p.model_params) for p in plans
@@ -194,6 +193,18 @@ class TensorPlanner:
             else:
                 self.err(("parameters", field), f"{e['msg']} for tensor {tensor!r}{who}")
             return None
+
+
+def padding_notes(padded: list[TensorPlan]) -> list[str]:
+    """One note for the merge, not one per tensor: `classifier.out_proj.weight: head zero-padded to
+    [4, 64]` for one head tensor, `3 head tensors zero-padded to 4 classes (classifier.a, ...)`
+    for several (`prefkit plan` lists each tensor's shape)."""
+    if len(padded) <= 1:
+        return [f"{p.name}: head zero-padded to {list(p.shape)}" for p in padded]
+    classes = sorted({p.shape[0] for p in padded})
+    names = ", ".join(p.name for p in padded[:3]) + (", ..." if len(padded) > 3 else "")
+    return [f"{len(padded)} head tensors zero-padded to "
+            f"{' / '.join(map(str, classes))} classes ({names})"]
 
 
 def _base_tensor(base: ModelInput, name: str, model: ModelInput) -> TensorMeta | None:

@@ -251,7 +251,7 @@ def test_plain_progress_when_not_a_terminal(cli, workdir):
     result = invoke(cli, "run", recipe, "-o", workdir / "out")
     assert result.exit_code == 0
     assert f"ties → {workdir / 'out'}: 41 tensors, 0.0 MB" in result.stderr
-    assert "head zero-padded to [4, 16]" in result.stderr
+    assert "2 head tensors zero-padded to 4 classes (classifier.out_proj.bias, " in result.stderr
     assert "\x1b[" not in result.stderr  # no terminal control codes off a terminal
 
 
