@@ -185,7 +185,7 @@ def config_damage(draw) -> Callable[[Path], None]:
     def damage(folder: Path) -> None:
         file = folder / "config.json"
         config = json.loads(file.read_text())
-        if drop_labels and key == "num_labels":
+        if drop_labels and kind == "key" and key == "num_labels":
             config.pop("id2label")
         if kind == "key":
             raw = with_hole(set_path(config, (key,), HOLE), fragment)
