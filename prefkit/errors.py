@@ -50,8 +50,39 @@ class RecipeErrors(PrefkitError):
 
     def __init__(self, errors: list[PrefkitError]):
         self.errors = errors
-        super().__init__("\n".join(str(e) for e in errors))
+        super().__init__("\n".join(self.lines()))
         self.exit_code = max(e.exit_code for e in errors)
+
+    def lines(self) -> list[str]:
+        """One line per error, except that models missing from the hub's cache while the hub
+        cannot be reached are one block: what to do once, then one short line per model."""
+        missing = [e for e in self.errors if isinstance(e, NotCachedRecipeError)]
+        if len(missing) < 2:
+            return [str(e) for e in self.errors]
+        head = (f"the Hugging Face hub is offline or unreachable, and {len(missing)} models are "
+                f"not in its cache ({missing[0].cache}): run `prefkit fetch RECIPE` where the hub "
+                "is reachable, or point HF_HOME at a cache that has them")
+        rest = [str(e) for e in self.errors if not isinstance(e, NotCachedRecipeError)]
+        return [head, *(f"  {e.located_ref()}" for e in missing), *rest]
+
+
+class NotCachedRecipeError(RecipeError):
+    """A hub model of the recipe that is not in the cache, the hub being offline or unreachable
+    (`ref` the model id, `cache` the folder looked in); several are reported as one block."""
+
+    ref: str = ""
+    cache: str = ""
+
+    def located_ref(self) -> str:
+        prefix = ": ".join(p for p in (self.where, self.field) if p)
+        return f"{prefix}: {self.ref}" if prefix else self.ref
+
+
+class LocatedCheckpointError(RecipeError):
+    """A damaged or unreadable checkpoint, reported at the recipe line naming the model: the
+    merge failed (exit 1); the recipe itself is not at fault."""
+
+    exit_code = ExitCode.MERGE_FAILED
 
 
 class UnknownMethodError(RecipeError):
@@ -82,6 +113,15 @@ class DuplicateMethodError(PluginError):
 
 class CheckpointError(PrefkitError):
     """An input checkpoint is missing, unreadable or inconsistent (names file and tensor)."""
+
+
+class NotCachedError(CheckpointError):
+    """A hub model that is not a local folder and not in the Hugging Face cache, while the hub is
+    offline or unreachable."""
+
+    def __init__(self, message: str, *, ref: str, cache: str, hint: str | None = None):
+        super().__init__(message, hint)
+        self.ref, self.cache = ref, cache
 
 
 class OutputError(PrefkitError):

@@ -64,8 +64,8 @@ def echo_err(message: str) -> None:
 def report_error(exc: PrefkitError) -> None:
     """A PrefkitError as `Error: ...` lines on stderr (one per recipe error)."""
     if isinstance(exc, RecipeErrors):
-        for error in exc.errors:
-            echo_err(f"Error: {error}")
+        for line in exc.lines():  # a grouped block's own lines are indented
+            echo_err(line if line.startswith("  ") else f"Error: {line}")
     else:
         echo_err(f"Error: {exc}")
 

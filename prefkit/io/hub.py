@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from prefkit.errors import CheckpointError
+from prefkit.errors import CheckpointError, NotCachedError
 
 TOKENIZER_FILES = [
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -38,6 +38,7 @@ ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"]
 PICKLE_ADAPTER_FILES = ["adapter_model.bin"]
 Kind = Literal["model", "adapter", "dataset"]
 _FINAL_HUB_ERRORS = {"RepositoryNotFoundError", "RevisionNotFoundError", "GatedRepoError"}
+_NOT_CACHED = {"LocalEntryNotFoundError", "OfflineModeIsEnabled"}  # offline, and not in the cache
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 _TRUE = ("1", "true", "yes", "on")
 _LIBRARY_FLAGS = ("huggingface_hub.constants", "datasets.config")  # modules with HF_HUB_OFFLINE
@@ -179,8 +180,10 @@ def download(ref: str, kind: Kind = "model", *, offline: bool | None = None,
         with quiet_hub_logging():
             return _snapshot(hub, kind, offline, patterns, pickles, endpoint, cache_dir)
     except Exception as exc:
-        raise CheckpointError(f"{kind} {ref!r} is not a local folder and {_why(exc, hub)}",
-                              hint=_hint(exc)) from exc
+        message = f"{kind} {ref!r} is not a local folder and {_why(exc, hub)}"
+        if type(exc).__name__ in _NOT_CACHED:
+            raise NotCachedError(message, ref=ref, cache=cache_location(), hint=_hint(exc)) from exc
+        raise CheckpointError(message, hint=_hint(exc)) from exc
 
 
 def _snapshot(hub: HubRef, kind: Kind, offline: bool, patterns, pickles, endpoint, cache_dir) -> Path:
@@ -212,7 +215,7 @@ def _why(exc: Exception, hub: HubRef) -> str:
         return f"the hub repository {hub.repo_id!r} has no revision {hub.revision!r}"
     if name == "GatedRepoError":
         return f"the hub repository {hub.repo_id!r} is gated (accept its terms on the hub)"
-    if name in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):
+    if name in _NOT_CACHED:
         what = f"revision {hub.revision!r} of {hub.repo_id!r}" if hub.revision else repr(hub.repo_id)
         return (f"it is not in the Hugging Face cache, and the hub is offline or unreachable "
                 f"({what} is not under {cache_location()})")

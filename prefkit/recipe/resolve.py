@@ -16,6 +16,9 @@ from pydantic import ValidationError
 from prefkit.api import TensorInfo
 from prefkit.errors import (
     CheckpointError,
+    LocatedCheckpointError,
+    NotCachedError,
+    NotCachedRecipeError,
     OutputError,
     PrefkitError,
     RecipeError,
@@ -326,8 +329,20 @@ class _Resolver:
             return ModelInput(ref if lora is None else f"{ref}+{lora}", path, task, checkpoint,
                               tuple(labels) if labels else None)
         except CheckpointError as exc:
-            self.err(loc, exc.message, exc.hint)
+            self.errors.append(self._located(loc, exc))
             return None
+
+    def _located(self, loc: tuple, exc: CheckpointError) -> RecipeError:
+        """A model's problem at the recipe line that names it: a damaged checkpoint exits 1
+        (merge failed), a missing one 3; models missing from the hub's cache are grouped."""
+        from prefkit.io.damage import CheckpointFileError
+
+        if isinstance(exc, NotCachedError):
+            error = self.loaded.error(loc, exc.message, exc.hint, NotCachedRecipeError)
+            error.ref, error.cache = exc.ref, exc.cache
+            return error
+        cls = LocatedCheckpointError if isinstance(exc, CheckpointFileError) else RecipeError
+        return self.loaded.error(loc, exc.message, exc.hint, cls)
 
     def _tokenizer_source(self, base, inputs, recipe_dir) -> Path | None:
         source = self.recipe.tokenizer_source

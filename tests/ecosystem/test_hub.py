@@ -64,10 +64,21 @@ def test_offline_flag_uses_the_cache_only(online, tmp_path, registry):
     result = CliRunner().invoke(cli, ["--offline", "plan", str(recipe)])
     assert result.exit_code == 3
     assert online.requests == []  # the hub was reachable, and never asked
-    assert ("recipe.yaml:2:1: base_model: model 'someorg/tiny-base' is not a local folder and it "
-            "is not in the Hugging Face cache, and the hub is offline or unreachable "
-            "('someorg/tiny-base' is not under ") in result.stderr
-    assert "(revision 'v1' of 'someorg/tiny-a' is not under" in result.stderr
+    assert result.stderr.splitlines() == [
+        "Error: the Hugging Face hub is offline or unreachable, and 2 models are not in its cache "
+        f"({tmp_path / 'hf-cache'}): run `prefkit fetch RECIPE` where the hub is reachable, or "
+        "point HF_HOME at a cache that has them",
+        f"  {recipe}:2:1: base_model: someorg/tiny-base",
+        f"  {recipe}:4:5: models[0].model: someorg/tiny-a@v1"]
+    # one model missing: its own full line, with the cache folder and what to do
+    single = write_recipe(tmp_path, "merge_method: task_arithmetic\nbase_model: someorg/tiny-base\n"
+                          "models:\n  - model: " + str(tmp_path / "hf-cache") + "\n"
+                          "parameters: {weight: 1.0}\n", "single.yaml")
+    result = CliRunner().invoke(cli, ["--offline", "plan", str(single)])
+    assert result.stderr.startswith(
+        f"Error: {single}:2:1: base_model: model 'someorg/tiny-base' is not a local folder and it is "
+        "not in the Hugging Face cache, and the hub is offline or unreachable ('someorg/tiny-base' "
+        "is not under ")
     assert "prefkit fetch RECIPE" in result.stderr and "Traceback" not in result.stderr
     assert "HF_HUB_OFFLINE" not in os.environ  # restored when the command ended
     # once fetched, the same command works offline
@@ -128,8 +139,12 @@ def test_an_unreachable_hub_is_probed_once_and_the_cache_used(online, tmp_path, 
     assert attempts == [("127.0.0.1", int(closed.rsplit(":", 1)[1]))]
     assert online.requests == []
     lines = str(caught.value).splitlines()
-    assert len(lines) == 2 and all("is not in the Hugging Face cache, and the hub is offline or "
-                                   "unreachable" in line for line in lines)
+    assert lines == [
+        "the Hugging Face hub is offline or unreachable, and 2 models are not in its cache "
+        f"({tmp_path / 'hf-cache'}): run `prefkit fetch RECIPE` where the hub is reachable, or "
+        "point HF_HOME at a cache that has them",
+        f"  {recipe}:2:1: base_model: someorg/tiny-base",
+        f"  {recipe}:4:5: models[0].model: someorg/tiny-a@v1"]
     assert not [r for r in caplog.records if r.name.startswith("huggingface_hub")]
     assert hub.hub_reachable() is False and len(attempts) == 1  # decided once per endpoint
 
