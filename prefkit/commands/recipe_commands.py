@@ -14,7 +14,8 @@ OVERRIDE_HELP = "Override a recipe key, e.g. parameters.density=0.3 or preferenc
 
 def add_validate(cli: click.Group, state: CliState) -> None:
     @cli.command()
-    @click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False))
+    # click.Path(dir_okay=False) would print a 4-line usage error: the loader says it in one
+    @click.argument("recipes", nargs=-1, required=True, type=click.Path())
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=OVERRIDE_HELP)
     def validate(recipes: tuple[str, ...], overrides: tuple[str, ...]) -> None:
         """Check recipes (schema, method, parameters, preference) without reading any model."""
@@ -35,7 +36,7 @@ def add_validate(cli: click.Group, state: CliState) -> None:
 
 def add_plan(cli: click.Group, state: CliState) -> None:
     @cli.command()
-    @click.argument("recipe", type=click.Path(dir_okay=False))
+    @click.argument("recipe", type=click.Path())
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")
     @click.option("-o", "--output", type=click.Path(file_okay=False), help="Output folder.")
     @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
@@ -94,7 +95,7 @@ def _run_options(command):
 
 def add_run(cli: click.Group, state: CliState) -> None:
     @cli.command()
-    @click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False))
+    @click.argument("recipes", nargs=-1, required=True, type=click.Path())
     @_run_options
     def run(recipes, output, overrides, force, quiet, max_shard_size, executor, workers,
             evaluate_only, log_level, log_format, log_file, allow_pickle, allow_nonfinite,
@@ -129,7 +130,7 @@ def add_run(cli: click.Group, state: CliState) -> None:
 
 def add_fetch(cli: click.Group, state: CliState) -> None:
     @cli.command()
-    @click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False))
+    @click.argument("recipes", nargs=-1, required=True, type=click.Path())
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")
     @click.option("--no-datasets", is_flag=True, help="Models and adapters only.")
     @click.option("--allow-pickle", is_flag=True, help=ALLOW_PICKLE_HELP)

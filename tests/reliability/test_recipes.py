@@ -91,7 +91,7 @@ def _refused_at_once(workdir: Path, kind: str, server) -> None:
     assert not (workdir / "runs").exists()
 
 
-def test_a_folder_given_as_a_recipe_is_refused(workdir):
+def test_a_folder_given_as_a_recipe_is_refused(cli, workdir):
     import prefkit
     from prefkit.errors import RecipeError
 
@@ -100,6 +100,9 @@ def test_a_folder_given_as_a_recipe_is_refused(workdir):
     assert str(caught.value) == (f"{workdir / 'zoo_same'}: the recipe is a folder, not a regular "
                                  "file (give a YAML file)")
     assert caught.value.exit_code == 3 and not (workdir / "out").exists()
+    # the command line too: one line, not click's usage block
+    line = fails(cli, workdir, "zoo_same", 3, commands=("validate", "plan", "run", "fetch"))
+    assert line == "Error: zoo_same: the recipe is a folder, not a regular file (give a YAML file)"
 
 
 def test_a_large_recipe_is_refused_before_it_is_read(cli, workdir):
@@ -134,13 +137,14 @@ def test_a_long_list_stops_at_the_value_limit(cli, workdir):
 
 # -- preference -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("preference, where, line", [
-    ("[0.6, -0.4]", "8:19: preference[1]", f"-0.4 is negative; {PREF}"),
+    ("[0.6, -0.4]", "8:19: preference[1]", f"-0.4 is negative; {PREF} (use 0 to ignore a task)"),
     ("[.inf, 0.4]", "8:14: preference[0]", f"inf is not a finite number; {PREF}"),
     ("[0.6, .nan]", "8:19: preference[1]", f"nan is not a finite number; {PREF}"),
     ("[1e7, 1]", "8:14: preference[0]", f"10000000.0 is over 1e6; {PREF}"),
     ("[1e-12, 1e-12]", "8:1: preference", "preference sums to 2e-12; the sum must be at least 1e-9 "
                                           "(scale every entry up: only the ratios count)"),
-    ("[0, 0]", "8:1: preference", "preference is all zeros; at least one entry must be > 0"),
+    ("[0, 0]", "8:1: preference", "every entry is 0; at least one must be more than 0 (the entries are "
+                                "the models' shares: only their ratios count)"),
 ])
 def test_preference_entries_are_bounded(cli, workdir, preference, where, line):
     recipe = write_recipe(workdir, RECIPE.replace("[0.6, 0.4]", preference))
@@ -159,7 +163,8 @@ def test_preference_at_the_bounds_is_accepted(cli, workdir):
     ("ties", "  density: 0.5\n  lambda: 1e300\n", "8:3: parameters.lambda", f"1e+300 {SCALE}"),
     ("ties", "  density: 0.5\n  lambda: [1, 1e7]\n", "8:15: parameters.lambda[1]",
      f"10000000.0 {SCALE}"),
-    ("ties", "  density: .nan\n", "7:3: parameters.density", "Input should be a finite number"),
+    ("ties", "  density: .nan\n", "7:3: parameters.density",
+     "nan is not a finite number; must be a finite number from 0 to 1"),
     ("task_arithmetic", "  lambda: -.inf\n", "7:3: parameters.lambda", f"-inf {SCALE}"),
     ("task_arithmetic", "  weight: 2e6\n", "7:3: parameters.weight", f"2000000.0 {SCALE}"),
     ("linear", "  weight: -1e30\n", "7:3: parameters.weight", f"-1e+30 {SCALE}"),
