@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator
 from pydantic_core import PydanticCustomError
 
 PREFERENCE_MAX = 1e6
@@ -28,26 +28,38 @@ def _out_of_range(message: str) -> PydanticCustomError:
     return PydanticCustomError("out_of_range", message)
 
 
+PREFERENCE_ENTRY = f"each entry must be a finite number from 0 to {number(PREFERENCE_MAX)}"
+
+
 def check_preference_entry(value: float) -> float:
     """One preference entry: finite, 0 ≤ p ≤ PREFERENCE_MAX."""
     why = ("is not a finite number" if not math.isfinite(value) else "is negative" if value < 0
            else f"is over {number(PREFERENCE_MAX)}" if value > PREFERENCE_MAX else None)
     if why is not None:
-        raise _out_of_range(f"{value!r} {why}; each entry must be a finite number from 0 to "
-                            f"{number(PREFERENCE_MAX)}")
+        hint = " (use 0 to ignore a task)" if why == "is negative" else ""
+        raise _out_of_range(f"{value!r} {why}; {PREFERENCE_ENTRY}{hint}")
     return value
 
 
-PreferenceEntry = Annotated[float, AfterValidator(check_preference_entry)]
+def _not_boolean(value: object) -> object:
+    """true / false are not weights (pydantic would read them as 1 and 0)."""
+    if isinstance(value, bool):
+        raise _out_of_range(f"{'true' if value else 'false'} is not a number; {PREFERENCE_ENTRY}")
+    return value
+
+
+PreferenceEntry = Annotated[float, BeforeValidator(_not_boolean), AfterValidator(check_preference_entry)]
 
 
 def preference_problem(values: list[float]) -> str | None:
     """What is wrong with a whole preference whose entries passed `check_preference_entry`."""
     if not values:
-        return "preference is empty; give one non-negative number per model"
+        return (f"[] is empty (give one number from 0 to {number(PREFERENCE_MAX)} per model, in "
+                "the order of models:)")
     total = math.fsum(values)
     if total == 0:
-        return "preference is all zeros; at least one entry must be > 0"
+        return ("every entry is 0; at least one must be more than 0 (the entries are the models' "
+                "shares: only their ratios count)")
     if total < PREFERENCE_MIN_SUM:
         return (f"preference sums to {total!r}; the sum must be at least "
                 f"{number(PREFERENCE_MIN_SUM)} (scale every entry up: only the ratios count)")

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from prefkit.errors import RecipeError, RecipeErrors, did_you_mean
+from prefkit.errors import RecipeError, RecipeErrors
+from prefkit.recipe.messages import describe
 from prefkit.recipe.recipe_file import read_recipe_bytes
 from prefkit.recipe.schema import UNSUPPORTED_MERGEKIT_KEYS, Recipe
 
@@ -104,7 +104,8 @@ class _Walk:
             raise self.fail(node, path, f"the recipe expands to more than {MAX_NODES} values",
                             "YAML aliases may not multiply its size")
         if len(path) > MAX_DEPTH:
-            raise self.fail(node, path[:1], f"nested more than {MAX_DEPTH} levels deep")
+            raise self.fail(node, path[:1], f"nested more than {MAX_DEPTH} levels deep",
+                            "a recipe needs a few levels: models, their parameters, filters")
         self.marks.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
         if isinstance(node, yaml.ScalarNode):
             return self.construct(node, path)
@@ -112,7 +113,8 @@ class _Walk:
             raise self.fail(node, path, f"unsupported YAML tag {node.tag!r}",
                             "recipes hold plain mappings, lists and values only")
         if id(node) in self.active:
-            raise self.fail(node, path, "a YAML alias refers to itself")
+            raise self.fail(node, path, "a YAML alias refers to itself",
+                            "write the values out where the alias *name stands")
         self.active.add(id(node))
         try:
             if isinstance(node, yaml.SequenceNode):
@@ -146,7 +148,8 @@ class _Walk:
             # scalars (2024-13-45 raises ValueError, an empty !!timestamp AttributeError)
             detail = f": {exc}" if isinstance(exc, ValueError) else ""
             kind = node.tag.rsplit(":", 1)[-1]
-            raise self.fail(node, path, f"invalid {kind} {node.value!r}{detail}") from exc
+            raise self.fail(node, path, f"invalid {kind} {node.value!r}{detail}",
+                            f'quote it to keep it as text: "{node.value}"') from exc
 
 
 def parse_yaml(text: str, where: str) -> tuple[Any, Marks]:
@@ -178,14 +181,27 @@ def parse_yaml(text: str, where: str) -> tuple[Any, Marks]:
     return data, walk.marks
 
 
+# What to do about PyYAML's problems, by a part of its problem or context text.
+_YAML_HINTS = (
+    ("'\\t'", "indent with spaces: YAML does not allow tabs"),
+    ("quoted scalar", "close the quote"),
+    ("flow sequence", "close the list with ]"),
+    ("flow mapping", "close the mapping with }"),
+    ("single document", "a recipe is one YAML document: remove the --- line"),
+    ("mapping values are not allowed", "quote a value that holds ': '"),
+    ("block", "line up the keys of one mapping, and the - items of one list, in one column"),
+)
+
+
 def _yaml_error(exc: yaml.MarkedYAMLError, where: str) -> RecipeError:
-    """`file:line:col: invalid YAML: problem (context at line:col)` from PyYAML's marks."""
+    """`file:line:col: invalid YAML: problem, context at line:col (hint)` from PyYAML's marks."""
     mark = exc.problem_mark or exc.context_mark
     pos = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
     message = (exc.problem or str(exc)).removeprefix("but ")
     if exc.context and exc.context_mark is not None and exc.context_mark is not mark:
-        message += f" ({exc.context} at {exc.context_mark.line + 1}:{exc.context_mark.column + 1})"
-    return RecipeError(f"invalid YAML: {message}", where=pos)
+        message += f", {exc.context} at {exc.context_mark.line + 1}:{exc.context_mark.column + 1}"
+    hint = next((h for part, h in _YAML_HINTS if part in message), None)
+    return RecipeError(f"invalid YAML: {message}", where=pos, hint=hint)
 
 
 def apply_override(data: dict, marks: Marks, assignment: str) -> tuple:
@@ -281,19 +297,10 @@ def _from_pydantic(probe: LoadedRecipe, err: dict) -> RecipeError:
     loc = _data_loc(probe.data, err["loc"])
     if err["type"] == "missing":  # the missing key itself is not in the data
         loc = _data_loc(probe.data, err["loc"][:-1]) + err["loc"][-1:]
-    message = err["msg"]
-    if err["type"] == "extra_forbidden":
-        message = "unknown key"
-        hint = _known_keys_hint(loc)
-    elif err["type"] == "missing":
-        message = "required key is missing"
-        hint = None
-    elif err["type"] in ("model_type", "dict_type"):
-        message = f"expected a mapping (key: value), not {_yaml_type(err['input'])}"
-        hint = "write a model entry as `- model: path`" if loc[:1] == ("models",) else None
-    else:
-        message = message.removeprefix("Value error, ")
-        hint = None
+    message, hint = describe({**err, "loc": loc}, Recipe)
+    if err["type"] in ("model_type", "dict_type") and loc[:1] == ("models",) and len(loc) == 2:
+        value = err.get("input")
+        hint = f"write a model entry as `- model: {value if isinstance(value, str) else 'path'}`"
     return probe.error(loc, message, hint)
 
 
@@ -310,35 +317,3 @@ def _data_loc(data: Any, loc: tuple) -> tuple:
             continue
         out.append(part)
     return tuple(out)
-
-
-def _yaml_type(value: Any) -> str:
-    if isinstance(value, list):
-        return "a list"
-    return "nothing" if value is None else f"the value {value!r}"
-
-
-def _known_keys_hint(loc: tuple) -> str:
-    """`did you mean 'task'? allowed here: ...` for an unknown key at `loc`."""
-    if not loc:
-        return "check the spelling"
-    model: Any = Recipe
-    for part in loc[:-1]:  # list indices and dict keys (e.g. a task's name) keep the model
-        field = model.model_fields.get(part) if model is not None else None
-        if field is not None:
-            model = _inner_model(field.annotation)
-    if model is None:
-        return "check the spelling"
-    allowed = sorted(model.model_fields)
-    return did_you_mean(loc[-1], allowed) + f"allowed here: {', '.join(allowed)}"
-
-
-def _inner_model(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model inside `X`, `X | None`, `list[X]` or `dict[str, X]`."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _inner_model(arg)
-        if found is not None:
-            return found
-    return None

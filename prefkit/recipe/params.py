@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from prefkit.api import Params, TensorInfo
+from prefkit.recipe.messages import translate, with_hint
 from prefkit.recipe.settings import evaluate
 
 
@@ -55,13 +56,15 @@ def owner_of(method, name: str) -> type[Params] | None:
 
 
 def leaf_checker(cls: type[Params], field: str):
+    """A function that gives one value's problem (with its hint, in parentheses) or None."""
     adapter = _leaf_adapter(cls, field)
+    info = cls.model_fields[field]
 
     def check(value: Any) -> str | None:
         try:
             adapter.validate_python(value)
         except ValidationError as exc:
-            return exc.errors()[0]["msg"]
+            return with_hint(*translate(exc.errors()[0], info, field))
         return None
 
     return check

@@ -29,6 +29,7 @@ from prefkit.io.hub import resolve_model
 from prefkit.io.lora import open_input
 from prefkit.io.paths import identity, location_problem, output_name_problem
 from prefkit.recipe.loader import LoadedRecipe
+from prefkit.recipe.messages import describe
 from prefkit.recipe.params import aliases, field_name, leaf_checker, owner_of
 from prefkit.recipe.plan import ModelInput, Plan, Preference, RecipeSource
 from prefkit.recipe.settings import setting_problems
@@ -91,15 +92,15 @@ class _Resolver:
             n = len(self.recipe.models)
             if len(self.recipe.preference) != n:
                 self.err(("preference",), f"has {len(self.recipe.preference)} entries for {n} "
-                         "models; give one per model, in the order of models:")
+                         "models", "give one per model, in the order of models:")
             if "weight" in self.global_settings:
                 self.err(("parameters", "weight"), "weight and preference both given",
-                         "preference sets each model's weight (m·p_i/Σp); drop one of them")
+                         "drop one of them: preference sets each model's weight as m·p_i/Σp")
             for i, settings in enumerate(self.model_settings):
                 if "weight" in settings:
                     self.err(("models", i, "parameters", "weight"),
                              "weight and preference both given",
-                             "preference sets each model's weight (m·p_i/Σp); drop one of them")
+                             "drop one of them: preference sets each model's weight as m·p_i/Σp")
         self._check_required(method)
         self._check_tasks()
         self.train_settings = self._train_settings(method)
@@ -108,8 +109,8 @@ class _Resolver:
                      "add base_model: the pretrained model the others were tuned from")
         self._check_duplicates()
         if self.recipe.tokenizer_source == "union":
-            self.err(("tokenizer_source",), "union is not supported",
-                     "use base (default) or a model path")
+            self.err(("tokenizer_source",), "'union' is not supported",
+                     "use base, the default, or one of the models")
 
     def _check_duplicates(self) -> None:
         """Each model once: a repeated entry would silently count one task twice. Here by the
@@ -184,7 +185,7 @@ class _Resolver:
             settings = method.Settings.model_validate(raw or {})
         except ValidationError as exc:
             for problem in exc.errors():
-                self.err(("train", *problem["loc"]), problem["msg"])
+                self.err(("train", *problem["loc"]), *describe(problem, method.Settings))
             return None
         if getattr(settings, "epochs", None) is not None and settings.steps is not None:
             self.err(("train", "epochs"), "steps and epochs both given", "keep one of them")
@@ -255,6 +256,7 @@ class _Resolver:
         """Canonical parameter names → settings, with problems recorded at their location."""
         method = self.method.method
         out: dict[str, Any] = {}
+        given: dict[str, str] = {}  # canonical name -> the key that set it
         for key, setting in (raw or {}).items():
             name = method.param_aliases.get(key, key)
             owner = owner_of(method, name)
@@ -264,12 +266,14 @@ class _Resolver:
                          did_you_mean(key, known) + f"known: {', '.join(known) or 'none'}")
                 continue
             if not top_level and owner is method.Params:
-                self.err((*loc, key), "is shared by all models; set it under the top-level "
-                         "parameters:")
+                self.err((*loc, key), f"{key!r} is shared by all models, not set per model",
+                         "set it under the top-level parameters:")
                 continue
             if name in out:
-                self.err((*loc, key), f"given twice (as {key!r} and its other name)")
+                self.err((*loc, key), f"given twice: {given[name]!r} and {key!r} name the same "
+                         "parameter", "keep one of them")
                 continue
+            given[name] = key
             field = field_name(owner, name)
             for sub, problem in setting_problems(setting, leaf_checker(owner, field)):
                 self.err((*loc, key, *sub), problem)

@@ -181,13 +181,6 @@ class Recipe(_Strict):
             _task_name(name)
         return value
 
-    @field_validator("preference", mode="before")
-    @classmethod
-    def _no_booleans(cls, value: Any) -> Any:
-        if isinstance(value, list) and any(isinstance(p, bool) for p in value):
-            raise ValueError("preference entries must be numbers, not true/false")
-        return value
-
     @model_validator(mode="wrap")
     @classmethod
     def _method_named(cls, data: Any, handler: Any) -> Recipe:

@@ -14,6 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from prefkit.errors import did_you_mean
+from prefkit.recipe.messages import show
+
 Scalar = (bool, int, float, str)
 
 
@@ -26,7 +29,8 @@ def setting_problems(setting: Any, check_leaf: Callable[[Any], str | None]) -> l
         return _conditional_problems(setting, (), check_leaf)
     if isinstance(setting, list):
         if not setting:
-            return [((), "an empty list sets nothing; give a value, a gradient or filters")]
+            return [((), "[] sets nothing (give a value, a gradient list or {filter, value} "
+                         "entries, or leave the parameter out)")]
         if all(isinstance(e, Scalar) for e in setting):
             return [((i,), p) for i, e in enumerate(setting) if (p := check_leaf(e))]
         if all(isinstance(e, dict) for e in setting):
@@ -35,24 +39,30 @@ def setting_problems(setting: Any, check_leaf: Callable[[Any], str | None]) -> l
                 out += _conditional_problems(e, (i,), check_leaf)
             return out
         return [((), "a list must hold only values (a gradient) or only {filter, value} entries")]
-    return [((), f"expected a value, a gradient list or {{filter, value}} entries, not {setting!r}")]
+    given = "no value is given" if setting is None else f"{show(setting)} is not a setting"
+    return [((), f"{given}; must be a value, a gradient list or {{filter, value}} entries")]
 
 
 def _conditional_problems(entry: dict, loc: tuple, check_leaf) -> list[tuple[tuple, str]]:
     extra = set(entry) - {"filter", "value"}
     if extra:
-        return [((*loc, sorted(extra)[0]), "unknown key; a conditional entry has filter and value")]
+        key = sorted(extra)[0]
+        return [((*loc, key), f"unknown key ({did_you_mean(key, ('filter', 'value'))}allowed in "
+                              "a conditional entry: filter, value)")]
     if "value" not in entry:
-        return [(loc, "a conditional entry needs a value")]
+        return [(loc, "a conditional entry needs a value (add value: <setting> beside filter:)")]
     if entry.get("filter") is not None and not isinstance(entry["filter"], str):
-        return [((*loc, "filter"), "filter must be a string (a substring of tensor names)")]
+        found = entry["filter"]
+        return [((*loc, "filter"), f"{show(found)} is not text; a filter must be a substring of "
+                                   f'tensor names (quote it: "{found}")')]
     value = entry["value"]
     if isinstance(value, Scalar):
         problem = check_leaf(value)
         return [((*loc, "value"), problem)] if problem else []
     if isinstance(value, list) and value and all(isinstance(e, Scalar) for e in value):
         return [((*loc, "value", i), p) for i, e in enumerate(value) if (p := check_leaf(e))]
-    return [((*loc, "value"), "value must be a scalar or a gradient list")]
+    given = "no value is given" if value is None else f"{show(value)} is not a setting"
+    return [((*loc, "value"), f"{given}; value must be a scalar or a gradient list of scalars")]
 
 
 def evaluate(setting: Any, tensor_name: str, t: float, validate: Callable[[Any], Any]) -> Any:

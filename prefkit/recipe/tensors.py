@@ -17,7 +17,8 @@ from prefkit.api import Params, TensorInfo
 from prefkit.errors import CheckpointError, PrefkitError
 from prefkit.io.checkpoint import TensorMeta
 from prefkit.io.modelconfig import config_layers, config_problems, is_count, num_labels
-from prefkit.recipe.params import resolve_values
+from prefkit.recipe.messages import translate
+from prefkit.recipe.params import field_name, resolve_values
 from prefkit.recipe.plan import FLOAT_DTYPES, ModelInput, Preference, TensorPlan
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers?|h|blocks?)\.(\d+)\.")
@@ -191,7 +192,9 @@ class TensorPlanner:
                 self.err(("parameters",), f"parameter {field!r}{who} is not set (first needed "
                          f"for tensor {tensor!r})", hint)
             else:
-                self.err(("parameters", field), f"{e['msg']} for tensor {tensor!r}{who}")
+                info = cls.model_fields.get(field_name(cls, field))
+                message, hint = translate(e, info, field)
+                self.err(("parameters", field), f"for tensor {tensor!r}{who}: {message}", hint)
             return None
 
 

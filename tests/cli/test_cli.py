@@ -158,15 +158,16 @@ ERROR_CASES = [
     (TIES.replace("merge_method: ties", "merge_method: tis"), 3,
      "recipe.yaml:1:1: merge_method: unknown merge method 'tis' (did you mean 'ties'?"),
     (TIES.replace("density: 0.5", "density: 1.5"), 3,
-     "recipe.yaml:13:3: parameters.density: Input should be less than or equal to 1"),
+     "recipe.yaml:13:3: parameters.density: 1.5 is more than 1; must be a number from 0 to 1"),
     (TIES.replace("density: 0.5", "densty: 0.5"), 3,
      "recipe.yaml:13:3: parameters.densty: unknown parameter for method 'ties'"),
     (TIES.replace("density: 0.5", "density: [0.1, high]"), 3,
-     "parameters.density[1]: Input should be a valid number"),
+     "parameters.density[1]: 'high' is not a number; must be a number from 0 to 1"),
     (TIES.replace("[0.5, 0.2, 0.2, 0.1]", "[0.5, 0.5]"), 3,
      "recipe.yaml:14:1: preference: has 2 entries for 4 models"),
     (TIES.replace("[0.5, 0.2, 0.2, 0.1]", "[0.5, -0.2, 0.2, 0.1]"), 3, "preference[1]: -0.2 is negative"),
-    (TIES.replace("[0.5, 0.2, 0.2, 0.1]", "[0, 0, 0, 0]"), 3, "preference is all zeros"),
+    (TIES.replace("[0.5, 0.2, 0.2, 0.1]", "[0, 0, 0, 0]"), 3,
+     "preference: every entry is 0; at least one must be more than 0"),
     (TIES.replace("[0.5, 0.2, 0.2, 0.1]", "[.nan, 0.2, 0.2, 0.1]"), 3,
      "preference[0]: nan is not a finite number"),
     (TIES.replace("density: 0.5", "weight: 1.0"), 3,
@@ -243,7 +244,8 @@ def test_paper_parameter_names_are_aliases(cli, workdir):
     assert {mp["density"] for mp in tensor["model_params"]} == {0.3}
     both = write_recipe(workdir, TIES.replace("density: 0.5", "k: 0.3\n  density: 0.2"))
     result = invoke(cli, "validate", both)
-    assert result.exit_code == 3 and "given twice (as 'density' and its other name)" in result.stderr
+    assert result.exit_code == 3
+    assert "given twice: 'k' and 'density' name the same parameter (keep one of them)" in result.stderr
 
 
 def test_plain_progress_when_not_a_terminal(cli, workdir):

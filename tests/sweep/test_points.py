@@ -139,8 +139,10 @@ def test_sweep_rules(tmp_path, tiny_zoo, sweep_registry):
 
 
 def test_bad_preferences_are_schema_errors(tmp_path, tiny_zoo):
-    for value, message in (("{grid: simplex, steps: 0}", "preferences.steps: Input should be greater"),
-                           ("{grid: cube, steps: 2}", "preferences.grid: Input should be 'simplex'"),
+    for value, message in (("{grid: simplex, steps: 0}",
+                            "preferences.steps: 0 is less than 1; must be a whole number from 1 to 100"),
+                           ("{grid: cube, steps: 2}",
+                            "preferences.grid: 'cube' is not a choice; use one of: simplex"),
                            ("[[1, -1]]", "preferences: preference entries must be >= 0"),
                            ("[[0, 0]]", "preferences: a preference is all zeros"),
                            ("[]", "preferences: preferences is empty")):
@@ -155,7 +157,7 @@ def test_plain_recipes_keep_their_rules(workdir):
     path.write_text("models: [{model: zoo/imdb}]\n")
     result = CliRunner().invoke(cli, ["validate", str(path)])
     assert result.exit_code == 3
-    assert f"{path}:1:1: merge_method: required key is missing" in result.stderr
+    assert f"{path}:1:1: merge_method: required key is missing (add merge_method: <name>" in result.stderr
     path.write_text("merge_method: linear\nmodels: [{model: zoo/imdb}]\nkeep_models: false\n")
     result = CliRunner().invoke(build_cli(), ["validate", str(path)])
     assert result.exit_code == 3 and "keep_models: keep_models applies to sweeps only" in result.stderr

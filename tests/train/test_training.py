@@ -207,9 +207,9 @@ def test_padded_heads_train_one_shared_head(tmp_path, registry, tiny_setup):
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (('"steps": 60', '"steps": 0'), "train.steps: Input should be greater than or equal to 1"),
+    (('"steps": 60', '"steps": 0'), "train.steps: 0 is less than 1; must be a whole number of at least 1"),
     (('"seed": 0', '"seed": 0, "epochs": 2'), "train.epochs: steps and epochs both given"),
-    (('"seed": 0', '"seed": 0, "bogus": 1'), "train.bogus: Extra inputs are not permitted"),
+    (('"seed": 0', '"seed": 0, "bogus": 1'), "train.bogus: unknown key (allowed here: batch_size,"),
     (("merge_method: epo", "merge_method: ties"), "train: method 'ties' does not train"),
     (("task: topic}}", "}}"), "epo trains on every model's task"),
 ])

@@ -54,6 +54,7 @@ def test_problems_are_located():
     assert setting_problems([0.1, "x"], _check) == [((1,), "not a number")]
     assert setting_problems([{"filter": "a", "value": "x"}], _check) == [((0, "value"), "not a number")]
     assert setting_problems([{"filtr": "a", "value": 1}], _check)[0][0] == (0, "filtr")
-    assert setting_problems([], _check)[0][1].startswith("an empty list")
+    assert setting_problems([], _check)[0][1].startswith("[] sets nothing")
     assert setting_problems([1, {"value": 1}], _check)[0][1].startswith("a list must hold only")
-    assert setting_problems({"filter": "a"}, _check) == [((), "a conditional entry needs a value")]
+    assert setting_problems({"filter": "a"}, _check) == [((), "a conditional entry needs a value "
+                                                             "(add value: <setting> beside filter:)")]
