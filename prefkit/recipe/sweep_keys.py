@@ -5,7 +5,6 @@ imports nothing of the sweep machinery.)"""
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
@@ -25,16 +24,20 @@ class PreferenceGrid(_Strict):
 _PREFERENCE_LIST = TypeAdapter(list[list[float]])
 
 
-def _check_preference(p: list[float]) -> str | None:
-    if not p:
-        return "a preference is empty; give one non-negative number per model"
-    if any(math.isnan(x) or math.isinf(x) for x in p):
-        return "preference entries must be finite numbers"
-    if any(x < 0 for x in p):
-        return "preference entries must be >= 0"
-    if sum(p) <= 0:
-        return "a preference is all zeros; at least one entry must be > 0"
-    return None
+def _check_preference(i: int, p: list[float]) -> str | None:
+    """What is wrong with the sweep's i-th preference, naming the entry and its value: the same
+    rules as a recipe's `preference:` (`prefkit.bounds`)."""
+    from pydantic_core import PydanticCustomError
+
+    from prefkit.bounds import check_preference_entry, preference_problem
+
+    for j, x in enumerate(p):
+        try:
+            check_preference_entry(x)
+        except PydanticCustomError as exc:
+            return f"[{i}][{j}]: {exc.message()}"
+    problem = preference_problem(p)
+    return None if problem is None else f"[{i}] = {p}: {problem}"
 
 
 def preferences_value(value: Any, handler: Any) -> Any:
@@ -46,14 +49,15 @@ def preferences_value(value: Any, handler: Any) -> Any:
         return PreferenceGrid.model_validate(value)
     if isinstance(value, list) and any(isinstance(x, bool) for p in value if isinstance(p, list)
                                        for x in p):
-        raise ValueError("preference entries must be numbers, not true/false")
+        raise ValueError("true / false is not a number; each entry of each preference must be a "
+                         "finite number from 0 to 1e6")
     vectors = _PREFERENCE_LIST.validate_python(value)
     if not vectors:
         raise ValueError("preferences is empty; give a list of preferences or {grid: simplex, steps: K}")
-    for p in vectors:
-        problem = _check_preference(p)
+    for i, p in enumerate(vectors):
+        problem = _check_preference(i, p)
         if problem:
-            raise ValueError(f"{problem} (found {p})")
+            raise ValueError(problem)
     return vectors
 
 

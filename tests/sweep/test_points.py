@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import pytest
 import yaml
@@ -143,11 +144,12 @@ def test_bad_preferences_are_schema_errors(tmp_path, tiny_zoo):
                             "preferences.steps: 0 is less than 1; must be a whole number from 1 to 100"),
                            ("{grid: cube, steps: 2}",
                             "preferences.grid: 'cube' is not a choice; use one of: simplex"),
-                           ("[[1, -1]]", "preferences: preference entries must be >= 0"),
-                           ("[[0, 0]]", "preferences: a preference is all zeros"),
+                           ("[[1, -1]]", "preferences: [0][1]: -1.0 is negative; each entry must "
+                            "be a finite number from 0 to 1e6 (use 0 to ignore a task)"),
+                           ("[[1, 1], [0, 0]]", "preferences: [1] = [0.0, 0.0]: every entry is 0"),
                            ("[]", "preferences: preferences is empty")):
         path = write_sweep(tmp_path, tiny_zoo, preferences=value)
-        with pytest.raises(RecipeError, match=message.replace("[", r"\[")):
+        with pytest.raises(RecipeError, match=re.escape(message)):
             load_recipe(path)
 
 
