@@ -10,6 +10,7 @@ Pickle files (allowed by the caller) are read through `torch.load(mmap=True, wei
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -42,19 +43,12 @@ class TensorReader:
         call (no fresh pages to fault in); the result is a view of it. Default: a fresh buffer.
         """
         handle = self._handle(meta.file)
-        try:
+        with _reading(meta):
             if is_pickle(meta.file):
                 tensor = _rows_of(handle[meta.name], rows)
                 tensor = _into(out, tensor) if out is not None else tensor.clone()
             else:
                 tensor = _read_at(handle, meta, rows, out)
-        except CheckpointError:
-            raise
-        except OSError as exc:
-            raise _read_error(meta, exc) from exc
-        except Exception as exc:
-            raise CheckpointFileError(f"{meta.file}: cannot read tensor {meta.name!r} "
-                                      f"({one_line(exc)})") from exc
         if self.check_finite and meta.dtype in FLOAT_DTYPES:
             _check_finite(tensor, meta)
         return tensor
@@ -71,15 +65,8 @@ class TensorReader:
         handle = self._handle(meta.file)
         shape, offset, nbytes = _extent(meta, rows)
         buffer = np.empty(nbytes, np.uint8) if out is None else out[:nbytes]
-        try:
+        with _reading(meta):
             _pread(handle, meta, buffer, offset)
-        except CheckpointError:
-            raise
-        except OSError as exc:
-            raise _read_error(meta, exc) from exc
-        except Exception as exc:
-            raise CheckpointFileError(f"{meta.file}: cannot read tensor {meta.name!r} "
-                                      f"({one_line(exc)})") from exc
         array = arrays.view(buffer, meta.dtype, shape)
         if self.check_finite and meta.dtype in FLOAT_DTYPES:
             _report_nonfinite(arrays.nonfinite(array, meta.dtype), meta)
@@ -181,3 +168,17 @@ def _pread(fh, meta: TensorMeta, buffer, offset: int) -> None:
             raise CheckpointFileError(f"{meta.file}: tensor {meta.name!r} is truncated "
                                       "(the file shrank after it was indexed)")
         done += got
+
+
+@contextlib.contextmanager
+def _reading(meta: TensorMeta):
+    """A failed read of `meta` as one CheckpointError naming the file and tensor."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except OSError as exc:
+        raise _read_error(meta, exc) from exc
+    except Exception as exc:
+        raise CheckpointFileError(f"{meta.file}: cannot read tensor {meta.name!r} "
+                                  f"({one_line(exc)})") from exc
