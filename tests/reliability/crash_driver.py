@@ -79,7 +79,8 @@ def _child(crash: Crash, cwd: str, log: str) -> None:
 
 
 def _pause() -> None:
-    Path("paused").write_text(f"{os.getpid()}\n")
+    Path("paused.tmp").write_text(f"{os.getpid()}\n")  # whole, then renamed: the test polls it
+    os.replace("paused.tmp", "paused")
     for _ in range(6000):
         if Path("resume").exists():
             return

@@ -191,7 +191,7 @@ def test_sigterm_during_the_final_renames_waits_for_them(cli, workdir, reference
 def paused(workdir: Path, spec: Crash):
     """Start a child that waits at its point (see crash_driver); returns it once it waits."""
     process = start(spec, workdir, workdir / "child-paused")
-    for _ in range(3000):
+    for _ in range(12000):  # up to 2 minutes on a loaded machine
         if (workdir / "paused").exists() or not process.is_alive():
             break
         time.sleep(0.01)
