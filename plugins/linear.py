@@ -20,7 +20,7 @@ from pydantic import Field
 if TYPE_CHECKING:  # `merge` takes torch tensors or numpy arrays alike (`takes_numpy`)
     import torch
 
-from prefkit.api import MergeInfo, Params, Scale, TensorMethod, WeightParams, hookimpl
+from prefkit.api import MergeInfo, Params, TensorMethod, WeightParams, hookimpl
 from prefkit.ops import accumulator, add_product_, fused_multiply_add, map_chunks, weight_sum
 
 
@@ -29,7 +29,7 @@ class LinearParams(Params):
 
 
 class LinearModelParams(WeightParams):
-    weight: Scale = Field(description="Weight of this model's tensor (finite, |w| <= 1e6).")
+    """Each model's `weight` (bounded: `prefkit.api.Scale`)."""
 
 
 class LinearMethod(TensorMethod):

@@ -38,7 +38,7 @@ class TaskArithmeticParams(Params):
 
 
 class TaskArithmeticModelParams(WeightParams):
-    weight: Scale = Field(description="Weight of this model's task vector (finite, |w| <= 1e6).")
+    """Each model's `weight` (bounded: `prefkit.api.Scale`)."""
 
 
 class TaskArithmeticMethod(TensorMethod):

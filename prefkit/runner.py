@@ -63,7 +63,10 @@ def run_recipe(loaded: LoadedRecipe, registry, *, output=None, force: bool = Fal
     elif kind == "solver":
         line = _solve(plan, registry, reporter, force, options)
     else:
-        result = executor.execute(plan, _execute_options(options, force), reporter=reporter)
+        result = executor.execute(plan, ExecuteOptions(
+            force=force, max_shard_bytes=options.max_shard_bytes,
+            allow_nonfinite=options.allow_nonfinite, threads=options.threads,
+            device=options.device), reporter=reporter)
         line = _line(plan, result)
     scores = None
     if plan.evaluate is not None:
@@ -90,12 +93,6 @@ def evaluate_output(source: Plan | LoadedRecipe, output: Path, registry, quiet: 
                         extra_tasks=inline_tasks(tasks), quiet=quiet)
 
 
-def _execute_options(options: RunOptions, force: bool, **extra) -> ExecuteOptions:
-    return ExecuteOptions(force=force, max_shard_bytes=options.max_shard_bytes,
-                          allow_nonfinite=options.allow_nonfinite, threads=options.threads,
-                          device=options.device, **extra)
-
-
 def _line(plan: Plan, result) -> dict[str, Any]:
     return {"status": "ok", "output": str(result.output), "method": plan.method.method.name,
             "tensors": result.tensors, "bytes": result.bytes_written,
@@ -112,11 +109,9 @@ def _steps(reporter):
 def _train(plan: Plan, registry, reporter, force: bool, options: RunOptions) -> dict[str, Any]:
     """Trainer methods: train (or reuse the cached model), then write it like any merge. An
     output folder already written from the same trained model is kept as it is."""
-    from prefkit.eval.run import inline_tasks
     from prefkit.train import train_plan
 
-    trained = train_plan(plan, registry, reporter=_steps(reporter),
-                         extra_tasks=inline_tasks(plan.inline_tasks))
+    trained = train_plan(plan, registry, reporter=_steps(reporter))
     training = {"model": str(trained.files.model), "log": str(trained.files.log),
                 "cached": trained.cached, **trained.summary}
     line = {"status": "ok", "output": str(plan.output), "method": plan.method.method.name,
@@ -129,11 +124,11 @@ def _train(plan: Plan, registry, reporter, force: bool, options: RunOptions) -> 
             return line
     plan = replace(plan, inputs=tuple(replace(m, labels=tuple(trained.labels[m.task]))
                                       for m in plan.inputs))
-    given = _execute_options(options, force, weights=trained.weights,
-                             task_heads=trained.task_heads or None, provenance={"training": training})
-    # (as before the options object: a trained model is written on the CPU, checked finite)
-    result = executor.execute(plan, replace(given, allow_nonfinite=False, threads=None, device="cpu"),
-                     reporter=reporter)
+    # a trained model is written as it is (on the CPU; its tensors are checked finite)
+    given = ExecuteOptions(force=force, max_shard_bytes=options.max_shard_bytes,
+                           weights=trained.weights, task_heads=trained.task_heads or None,
+                           provenance={"training": training})
+    result = executor.execute(plan, given, reporter=reporter)
     return {**_line(plan, result), "training": training}
 
 
@@ -150,16 +145,17 @@ def _solve(plan: Plan, registry, reporter, force: bool, options: RunOptions) -> 
 
 def _solve_owned(plan: Plan, registry, reporter, force: bool, options: RunOptions) -> dict[str, Any]:
     from prefkit.api import SolveContext
-    from prefkit.eval.run import inline_tasks
+    from prefkit.eval.run import plan_tasks
 
     method = plan.method.method
-    extra = inline_tasks(plan.inline_tasks)
-    tasks = tuple(extra.get(m.task) or registry.task(m.task).task for m in plan.inputs)
+    tasks = tuple(plan_tasks(plan, registry))
     solution = method.solve(SolveContext(plan, tasks, plan.task_preference, plan.train,
                                          _steps(reporter)))
     file = f"{method.name}.json"
-    solved = _execute_options(options, force, state=solution.state,
-                              provenance={"solver": solution.summary},
-                              files={file: json.dumps(solution.state, indent=1) + "\n"})
-    result = executor.execute(plan, replace(solved, threads=None, device="cpu"), reporter=reporter)
+    # the learned coefficients are applied on the CPU with the merge's default threads
+    solved = ExecuteOptions(force=force, max_shard_bytes=options.max_shard_bytes,
+                            allow_nonfinite=options.allow_nonfinite, state=solution.state,
+                            provenance={"solver": solution.summary},
+                            files={file: json.dumps(solution.state, indent=1) + "\n"})
+    result = executor.execute(plan, solved, reporter=reporter)
     return {**_line(plan, result), "solver": {"file": str(plan.output / file), **solution.summary}}

@@ -37,7 +37,16 @@ from pydantic import Field
 if TYPE_CHECKING:  # torch is imported inside the functions: the CLI starts without it
     import torch
 
-from prefkit.api import MergeInfo, Params, Scale, Scan, TensorInfo, TensorMethod, hookimpl
+from prefkit.api import (
+    MergeInfo,
+    Params,
+    Scale,
+    Scan,
+    TensorInfo,
+    TensorMethod,
+    WeightParams,
+    hookimpl,
+)
 from prefkit.ops import (
     CHUNK,
     chunks,
@@ -67,8 +76,7 @@ class TiesParams(Params):
     int8_mask: bool = Field(False, description="Accepted for mergekit compatibility; no effect.")
 
 
-class TiesModelParams(Params):
-    weight: Scale = Field(description="Weight of this model's task vector (finite, |w| <= 1e6).")
+class TiesModelParams(WeightParams):
     density: float = Field(1.0, ge=0.0, le=1.0, allow_inf_nan=False,
                            description="Fraction of entries kept by trimming.")
 

@@ -18,6 +18,7 @@ from typing import Any
 from prefkit.api import Task
 from prefkit.demo.settings import ZooSettings
 from prefkit.errors import CheckpointError
+from prefkit.io.ownership import alive
 
 INFO_FILE = "prefkit-demo.json"
 FORMAT = 1
@@ -80,21 +81,11 @@ def publish(tmp: Path, dest: Path) -> None:
         tmp.rename(dest)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def remove_stale(root: Path) -> None:
     """Temporary folders left by builds that were interrupted (their process is gone)."""
     for path in [*root.glob(".*.tmp-*"), *root.glob(".*.old-*")]:
         pid = path.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid), None):
             shutil.rmtree(path, ignore_errors=True)
 
 

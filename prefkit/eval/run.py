@@ -30,6 +30,12 @@ def inline_tasks(spec: dict[str, Any] | None) -> dict[str, Task]:
     return out
 
 
+def plan_tasks(plan, registry: Registry, extra_tasks: dict[str, Task] | None = None) -> list[Task]:
+    """Each input model's task, in recipe order: defined inline (`tasks:`), else registered."""
+    extra = inline_tasks(plan.inline_tasks) if extra_tasks is None else extra_tasks
+    return [extra.get(m.task) or registry.task(m.task).task for m in plan.inputs]
+
+
 def task_heads(model_dir: Path, names: list[str] | None, registry: Registry,
                extra_tasks: dict[str, Task] | None = None, heads: str | None = None) -> list[TaskHead]:
     """What to score: each task with its label order (and its own head, for per-task heads)."""

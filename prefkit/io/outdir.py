@@ -36,17 +36,6 @@ def temp_sibling(out: Path, kind: str = TMP) -> Path:
     return out.parent / f".{out.name}.{kind}-{owner_tag()}"
 
 
-def location_problem(out: Path, inputs: dict[str, Path], recipe: Path) -> str | None:
-    """Why `out` may not be the output folder, or None. The output is replaced as a whole with
-    `--force`, so it may not hold an input model (`inputs`: label → folder), the recipe, or the
-    working directory; nor may it lie inside an input model's folder (resolved paths and file
-    identity: `prefkit.io.paths.location_problem`)."""
-    from prefkit.io.paths import location_problem as problem
-
-    return problem(out, [(path, f"the input model {label}") for label, path in inputs.items()],
-                   recipe)
-
-
 def check_replaceable(out: Path) -> None:
     """`--force` replaces only an output prefkit wrote (it has prefkit.json) or an empty folder."""
     if not out.is_dir():
@@ -56,10 +45,10 @@ def check_replaceable(out: Path) -> None:
                           hint="--force replaces only prefkit outputs; move it or choose another -o")
 
 
-Identity = tuple  # (st_dev, st_ino, the bytes of its prefkit.json or None): see `identity`
+Identity = tuple  # (st_dev, st_ino, the bytes of its prefkit.json or None): see `replaced_identity`
 
 
-def identity(out: Path) -> Identity:
+def replaced_identity(out: Path) -> Identity:
     """What `--force` agreed to replace: the entry itself (a symlink is not followed) and the
     provenance it had."""
     stat = os.lstat(out)
@@ -78,7 +67,7 @@ def check_output(out: Path, force: bool) -> Identity | None:
     if not force:
         raise OutputError(f"output {out} already exists", hint="pass --force to replace it, or -o")
     check_replaceable(out)
-    return identity(out)
+    return replaced_identity(out)
 
 
 @contextlib.contextmanager
@@ -116,7 +105,7 @@ def replace_folder(tmp: Path, out: Path, agreed: Identity | None = None) -> None
             return
         old = temp_sibling(out, OLD)
         rename_noreplace(out, old)
-        if identity(old) != agreed:  # replaced since the check: put it back, keep ours aside
+        if replaced_identity(old) != agreed:  # replaced since the check: put it back, keep ours aside
             rename_noreplace(old, out)
             raise _appeared(tmp, out)
         try:

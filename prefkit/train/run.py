@@ -12,6 +12,7 @@ from typing import Any
 
 from prefkit.errors import DataError, PrefkitError
 from prefkit.eval.labels import label_order
+from prefkit.eval.run import plan_tasks
 from prefkit.train.state import FORMAT, RunFiles, cache_hash, load_model, save_model
 
 
@@ -102,8 +103,7 @@ def train_plan(plan, registry, *, reporter, extra_tasks=None, on_step=None) -> T
 
     settings = plan.train
     method = plan.method.method
-    extra_tasks = extra_tasks or {}
-    tasks = [extra_tasks.get(m.task) or registry.task(m.task).task for m in plan.inputs]
+    tasks = plan_tasks(plan, registry, extra_tasks)
     orders = _orders(plan, tasks)
     preference = list(plan.task_preference)
     device, bf16 = resolve_device(settings)

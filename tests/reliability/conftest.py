@@ -11,6 +11,19 @@ from click.testing import CliRunner
 from prefkit.cli import build_cli
 from prefkit.registry import load_registry
 
+# A small valid TIES recipe over the `zoo_same` zoo (three 3-label models, base with head).
+SAME_ZOO_TIES = """\
+merge_method: ties
+base_model: zoo_same/base
+models:
+  - model: zoo_same/a
+    task: alpha
+  - model: zoo_same/b
+    task: beta
+parameters: {density: 0.5}
+preference: [0.6, 0.4]
+"""
+
 PINNED = ("linear", "task_arithmetic", "ties", "reference_tasks")
 
 

@@ -10,19 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import write_recipe
-from tests.reliability.conftest import invoke
+from tests.reliability.conftest import SAME_ZOO_TIES, invoke
 
-RECIPE = """\
-merge_method: ties
-base_model: zoo_same/base
-models:
-  - model: zoo_same/a
-    task: alpha
-  - model: zoo_same/b
-    task: beta
-parameters: {density: 0.5}
-preference: [0.6, 0.4]
-"""
+RECIPE = SAME_ZOO_TIES
 
 
 def files_under(folder: Path) -> set[str]:
