@@ -94,3 +94,33 @@ def test_only_the_cli_imports_click():
         if name.startswith(CLICK_ALLOWED) or name in CLICK_ALLOWED_MODULES:
             continue
         assert not {m for m in _imports(name, path, {}) if m.split(".")[0] == "click"}, name
+
+
+def test_modules_and_functions_stay_small():
+    """One owner per module: at most ~400 lines a module and ~60 a function (docs/architecture.md)."""
+    big, long = [], []
+    for name, path in _modules().items():
+        text = path.read_text()
+        if text.count("\n") > 410:
+            big.append(f"{name}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 65:
+                    long.append(f"{name}.{node.name}: {lines} lines")
+    assert big == [] and long == []
+
+
+def test_nothing_below_the_resolver_reads_the_raw_recipe():
+    """The Plan carries what the layers below need; `Plan.source` is provenance only."""
+    from dataclasses import fields
+
+    from prefkit.recipe.plan import Plan
+
+    assert "loaded" not in {f.name for f in fields(Plan)}
+    below = ("prefkit.engine", "prefkit.io", "prefkit.train", "prefkit.eval", "prefkit.moo",
+             "prefkit.plugins")
+    for name, path in _modules().items():
+        if name.startswith(below):
+            text = path.read_text()
+            assert "loaded.recipe" not in text and "LoadedRecipe" not in text, name
