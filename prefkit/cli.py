@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 import click
@@ -82,6 +83,14 @@ class _PrefkitGroup(click.Group):
                           else ("interrupted", ExitCode.INTERRUPTED))
             echo_err(f"Error: {what}; nothing half-written was left behind")
             ctx.exit(int(code))
+        except OSError as exc:  # out of file descriptors where no reader or writer said it
+            if exc.errno not in (errno.EMFILE, errno.ENFILE) or ctx.params.get("traceback"):
+                raise
+            from prefkit.io.jsonfile import FD_HINT
+
+            where = f"{exc.filename}: " if exc.filename else ""
+            echo_err(f"Error: {where}too many open files ({FD_HINT})")
+            ctx.exit(int(ExitCode.MERGE_FAILED))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -82,9 +82,10 @@ def claim_output(out: Path, force: bool, note: Callable[[str], None]) -> Iterato
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(hold_output(out, notes))
-        except OSError as exc:  # the lock file (or the output's parent) cannot be created
-            raise write_error(out, exc) from exc
-        for line in notes + recover_interrupted(out, locked=True):
+            notes += recover_interrupted(out, locked=True)
+        except OSError as exc:  # the lock file (or the output's parent) cannot be created or
+            raise write_error(out, exc) from exc  # listed (out of file descriptors, say)
+        for line in notes:
             note(line)
         yield check_output(out, force)
 

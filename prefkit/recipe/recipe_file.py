@@ -4,11 +4,13 @@ parsed for minutes)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
 
 from prefkit.errors import RecipeError
+from prefkit.io.jsonfile import os_error
 
 # A recipe lists models and parameters: at the loader's 100,000-value limit it is still under 1 MB.
 MAX_RECIPE_BYTES = 1 << 20
@@ -34,6 +36,8 @@ def read_recipe_bytes(path: Path) -> bytes:
     except FileNotFoundError as exc:
         raise RecipeError("recipe file not found", where=where) from exc
     except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):  # not the recipe's fault: say what to raise
+            raise os_error(path, exc) from exc
         raise RecipeError(f"cannot read the recipe ({exc.strerror})", where=where) from exc
     except ValueError as exc:  # a NUL byte in the path (the Python API)
         raise RecipeError(f"cannot read the recipe ({exc})", where=repr(where)) from exc

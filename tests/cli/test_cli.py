@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 
 import pytest
@@ -211,6 +212,30 @@ def test_set_error_points_at_the_override(cli, workdir):
     recipe = write_recipe(workdir, TIES)
     result = invoke(cli, "validate", recipe, "--set", "parameters.density=2")
     assert "--set parameters.density=2: parameters.density" in result.stderr
+
+
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.ENFILE])
+def test_running_out_of_descriptors_anywhere_is_one_line(cli, workdir, monkeypatch, code):
+    """Out of file descriptors where no reader or writer turned it into a PrefkitError: the CLI
+    still says it in one line with what to do (exit 1); with --traceback it is raised as is.
+    Other OSErrors stay bugs, with their traceback."""
+    import prefkit.commands.run_batch as module
+
+    def fail(*args, **kwargs):
+        raise OSError(code, "Too many open files", "/some/file")
+
+    monkeypatch.setattr(module, "run_batch", fail)
+    recipe = write_recipe(workdir, TIES)
+    result = invoke(cli, "run", recipe, "-o", workdir / "out")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.stderr.splitlines() == [
+        "Error: /some/file: too many open files (raise the limit of open files in the shell that "
+        "runs prefkit (`ulimit -n 4096`, or higher), then run again)"]
+    shown = CliRunner().invoke(cli, ["--traceback", "run", str(recipe), "-o", str(workdir / "o")])
+    assert isinstance(shown.exception, OSError) and shown.exception.errno == code
+    monkeypatch.setattr(module, "run_batch", lambda *a, **k: (_ for _ in ()).throw(OSError(5, "x")))
+    other = invoke(cli, "run", recipe, "-o", workdir / "out")
+    assert isinstance(other.exception, OSError) and other.exception.errno == 5
 
 
 def test_traceback_flag_shows_traceback(cli, workdir):
