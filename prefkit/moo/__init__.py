@@ -18,6 +18,8 @@ Conventions used throughout ``prefkit.moo``:
 
 SciPy is needed only by :func:`epo_search_direction` (imported lazily). Front metrics on task
 scores (:func:`hypervolume`, :func:`non_dominated`, :func:`preference_alignment`) use moocore.
+A study's statistics (``prefkit.moo.stats``: intervals over seeds or examples, paired tests,
+hypervolume intervals, ray angle) need only numpy and SciPy.
 """
 
 from .epo import EPODirection, epo_adjustments, epo_search_direction
@@ -28,16 +30,34 @@ from .scalarization import (
     non_uniformity,
     normalize_preference,
 )
+from .stats import (
+    PairedTest,
+    bootstrap_ci,
+    gain_non_uniformity,
+    hypervolume_ci,
+    mean_ci,
+    normalised_gain,
+    paired_bootstrap,
+    ray_angle,
+)
 
 __all__ = [
     "EPODirection",
+    "PairedTest",
+    "bootstrap_ci",
     "chebyshev_scalarization",
     "epo_adjustments",
     "epo_search_direction",
+    "gain_non_uniformity",
     "hypervolume",
+    "hypervolume_ci",
     "linear_scalarization",
+    "mean_ci",
     "non_dominated",
     "non_uniformity",
+    "normalised_gain",
     "normalize_preference",
+    "paired_bootstrap",
     "preference_alignment",
+    "ray_angle",
 ]
