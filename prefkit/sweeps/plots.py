@@ -1,12 +1,17 @@
-"""PNG plots of a sweep (matplotlib, extra `prefkit[plots]`), drawn on Figure objects so that no
-global pyplot state or display is involved:
+"""PNG figures of a study (matplotlib, extra `prefkit[plots]`), drawn on Figure objects so that no
+global pyplot state or display is involved, saved without a version stamp (same numbers, same bytes):
 
-* 2 tasks: `front.png`, the score plane with every method's points and front, and the
-  preference rays (from the worst to the best scores, in the direction of each preference);
-* 3+ tasks: `parallel_<method>.png`, parallel coordinates per method, one line per point
-  coloured by its preference (for 3 tasks the colour's RGB are the three weights);
-* always: `score_vs_preference.png`, each task's score against the weight the preference gives
-  that task, one curve per method.
+* `fronts.png`: per pair of tasks, each method's per-preference means with 95% CI error bars and
+  its front line (prefkit.sweeps.figures);
+* `ternary.png` (exactly 3 tasks): each (method, preference) placed by the direction of its gains
+  over chance, the preference grid marked;
+* `score_vs_preference.png`: each task's score against the weight the preference gives it;
+* `cost_quality.png`: mean wall seconds per point (log) against hypervolume and against the mean
+  preference-weighted score, one marker per method;
+* `lambda_<method>.png`: AdaMerging's learned λ (tasks x layers) per preference;
+* `budget.png`: hypervolume and mean score against train.steps, one line per family.
+
+Colours: the Okabe–Ito palette (colour-blind safe), with a distinct marker per method.
 """
 
 from __future__ import annotations
@@ -18,100 +23,57 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from prefkit.sweeps.results import SweepResults
+from prefkit.sweeps.figures import legend_below, style
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _METADATA = {"Software": None}  # no version stamp: the same results give the same bytes
+DPI = 110
 
 
-def write_plots(folder: Path, results: SweepResults, rows: list[dict[str, Any]]) -> list[Path]:
-    """Write the plots for `results` into `folder`; returns their paths."""
-    written = []
-    if len(results.tasks) == 2:
-        written.append(_save(front_figure(results), folder / "front.png"))
-    elif len(results.tasks) >= 3:
-        for method in results.methods:
-            name = f"parallel_{_SAFE.sub('_', method)}.png"
-            written.append(_save(parallel_figure(results, method), folder / name))
-    written.append(_save(score_vs_preference_figure(results), folder / "score_vs_preference.png"))
-    return written
+def write_plots(folder: Path, found: dict[str, Any]) -> list[Path]:
+    """Write the figures of an analysed study (prefkit.sweeps.report.analyse) into `folder`."""
+    from prefkit.sweeps import figures
+
+    study = found["study"]
+    drawn: list[tuple[str, Figure]] = []
+    if len(study.tasks) >= 2:
+        drawn.append(("fronts.png", figures.fronts_figure(study, found["groups"])))
+    if len(study.tasks) == 3 and (fig := figures.ternary_figure(study)) is not None:
+        drawn.append(("ternary.png", fig))
+    drawn.append(("score_vs_preference.png", score_vs_preference_figure(study)))
+    if any(r["cost"]["wall_s"] for r in found["rows"]):
+        drawn.append(("cost_quality.png", figures.cost_quality_figure(found["rows"], found["groups"])))
+    for method in dict.fromkeys(r["method"] for r in found["lambdas"]):
+        mine = [r for r in found["lambdas"] if r["method"] == method]
+        drawn.append((f"lambda_{_SAFE.sub('_', method)}.png", figures.lambda_figure(study, mine)))
+    if found["curves"]:
+        drawn.append(("budget.png", figures.budget_figure(found["curves"], study.results.metric)))
+    return [save(fig, folder / name) for name, fig in drawn]
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save(fig: Figure, path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata=_METADATA)
+    fig.savefig(tmp, dpi=DPI, bbox_inches="tight", metadata=_METADATA)
     tmp.replace(path)
     return path
 
 
-def front_figure(results: SweepResults) -> Figure:
-    from prefkit.moo import non_dominated
-
-    fig = Figure(figsize=(6.4, 5.2))
-    ax = fig.add_subplot()
-    scores, prefs = results.matrix()
-    lo, hi = scores.min(axis=0), scores.max(axis=0)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    for p in np.unique(prefs.round(6), axis=0):  # the preference rays, on the normalised scale
-        direction = p * span / max(float(np.max(p)), 1e-12)
-        ax.plot([lo[0], lo[0] + direction[0]], [lo[1], lo[1] + direction[1]], color="0.8",
-                linestyle="--", linewidth=0.8, zorder=0)
-    for i, method in enumerate(results.methods):
-        s, _ = results.matrix(method)
-        color = f"C{i}"
-        ax.scatter(s[:, 0], s[:, 1], color=color, alpha=0.45, s=22, label=None)
-        front = s[non_dominated(s)]
-        front = front[np.argsort(front[:, 0])]
-        ax.plot(front[:, 0], front[:, 1], "-o", color=color, markersize=5, label=method)
-    ax.set_xlabel(f"{results.tasks[0]} ({results.metric})")
-    ax.set_ylabel(f"{results.tasks[1]} ({results.metric})")
-    ax.set_title("Score plane: fronts and preference rays")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return fig
-
-
-def _colour(p: np.ndarray):
-    if len(p) == 3:
-        return tuple(float(x) for x in p / max(float(p.max()), 1e-12) * 0.85)
-    from matplotlib import colormaps
-
-    return colormaps["viridis"](float(p[0]))
-
-
-def parallel_figure(results: SweepResults, method: str) -> Figure:
-    fig = Figure(figsize=(1.6 * len(results.tasks) + 2.5, 4.4))
-    ax = fig.add_subplot()
-    scores, prefs = results.matrix(method)
-    x = np.arange(len(results.tasks))
-    for s, p in zip(scores, prefs):
-        label = "[" + ", ".join(f"{v:.2f}" for v in p) + "]"
-        ax.plot(x, s, "-o", color=_colour(p), alpha=0.8, markersize=3, linewidth=1.2, label=label)
-    ax.set_xticks(x, results.tasks)
-    ax.set_ylabel(results.metric)
-    colours = "RGB = task weights" if len(results.tasks) == 3 else f"colour = weight of {results.tasks[0]}"
-    ax.set_title(f"{method}: one line per preference ({colours})")
-    ax.grid(alpha=0.3)
-    if len(scores) <= 21:
-        ax.legend(fontsize=6, ncol=1 + len(scores) // 11, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    return fig
-
-
-def score_vs_preference_figure(results: SweepResults) -> Figure:
-    m = len(results.tasks)
-    fig = Figure(figsize=(3.6 * m, 3.4))
+def score_vs_preference_figure(study) -> Figure:
+    """Per task: the mean score (over the points with that weight) against the task's weight."""
+    m = len(study.tasks)
+    fig = Figure(figsize=(3.4 * m + 0.4, 3.6), layout="constrained")
     axes = fig.subplots(1, m, squeeze=False)[0]
-    for i, method in enumerate(results.methods):
-        scores, prefs = results.matrix(method)
+    for i, method in enumerate(study.methods):
+        scores, prefs = study.results.matrix(method)
         for t, ax in enumerate(axes):
             weights = np.unique(prefs[:, t].round(6))
             means = [scores[np.isclose(prefs[:, t], w), t].mean() for w in weights]
-            ax.plot(weights, means, "-o", color=f"C{i}", markersize=4, label=method)
+            ax.plot(weights, means, "-", markersize=5, label=method, **style(i))
     for t, ax in enumerate(axes):
-        ax.set_xlabel(f"preference weight of {results.tasks[t]}")
-        ax.set_title(results.tasks[t], fontsize=10)
+        ax.set_xlabel(f"preference weight of {study.tasks[t]}")
+        ax.set_title(study.tasks[t], fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"{results.metric} (mean over points)")
-    axes[-1].legend(fontsize=8)
-    fig.tight_layout()
+    axes[0].set_ylabel(f"{study.results.metric} (mean over points)")
+    fig.suptitle("Score of each task against the weight the preference gives it", fontsize=11)
+    legend_below(fig, axes[0], len(study.methods))
     return fig

@@ -1,127 +1,86 @@
-"""The sweep report, rebuilt from `results.jsonl` alone: one row per method (hypervolume, mean
-score, best score per task, preference alignment), one row per point, plots, `report.md`.
+"""The sweep's study report, rebuilt from `results.jsonl` alone (and, where present, each point's
+`examples.npz`, the point recipes and the zoo's `prefkit-demo.json`): `report.md` and its figures.
 
-Like FusionBench's reports, scores are per task with their mean; a method is a row whatever its
-kind (merge or trainer). The latest record of each point counts (a re-run or `--evaluate-only`
-supersedes earlier lines); failed points are listed apart.
+Sections: what the numbers show, a row per method (hypervolume and mean score with 95% intervals,
+preference following, cost), per-task scores per (method, preference), paired comparisons, cost
+with the zoo's one-off fine-tuning apart, budget and other swept settings, AdaMerging's learned λ,
+figures, one row per point, failures, definitions. Intervals and tests: prefkit.moo.stats. The
+latest record of each point counts (a re-run or `--evaluate-only` supersedes earlier lines).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from prefkit.errors import DataError
-from prefkit.sweeps.results import SweepResults, collect
+from prefkit.sweeps import study_tables as tables
+from prefkit.sweeps.results import collect
 from prefkit.sweeps.store import RESULTS, read_results, write_atomic
+from prefkit.sweeps.study import Study, zoo_cost
+
+DEFINITIONS = [
+    "- *hypervolume*: volume the method's points dominate above the reference {ref} (higher is "
+    "better), per seed, then the mean over seeds; *front*: the method's non-dominated "
+    "preferences (mean scores over seeds). *mean*: the mean score over its points and tasks.",
+    "- *95% CI*: Student's t interval over seeds when a row has several (mean ± t·s/√n); with one "
+    "seed, a percentile bootstrap over the test examples (2000 replicates, resampled per task; one "
+    "replicate uses the same examples for all points of a method); none without per-example "
+    "results or when the score is not accuracy. *interval* names which.",
+    "- *gain over chance* per task: g = clip((accuracy − majority) / (1 − majority), 0, 1), "
+    "majority = the majority-class rate of the evaluated examples. *ray angle* = the angle in "
+    "degrees between g and the preference p (0: gains in the proportions asked for; 90: all the "
+    "gain on tasks p gives no weight). *non-unif.*: EPO's KL measure on the errors e = 1 − g over "
+    "the preference's support S: l_i = p_i e_i / Σ_S p_j e_j, Σ_S l_i ln(|S| l_i) (0 on the "
+    "preference ray; always 0 at a vertex preference such as [1, 0, 0], where only the angle "
+    "tells points apart). Both need `majority` in the records and use accuracy. The JSON's "
+    "*alignment* is the mean cosine of the ray angle, a point with no gain over chance counting 0.",
+    "- *paired comparisons*: the preference-weighted accuracy Σ p_i acc_i of A minus B at the same "
+    "preference; a paired t-test over common seeds when there are several, else a paired bootstrap "
+    "over the common test examples (two-sided p = 2·min(P(d*≤0), P(d*≥0)) with the +1 correction).",
+    "- *cost*: wall and CPU seconds per point as recorded (merge, evaluation and training; a "
+    "cached training counts as cached, not in train s); the zoo's fine-tuning is one-off.",
+]
 
 
-def alignment(results: SweepResults) -> dict[str, np.ndarray]:
-    """Per point (in `results.points` order), on the scale of all points of the sweep."""
-    from prefkit.moo import preference_alignment
-
-    scores, prefs = results.matrix()
-    return preference_alignment(scores, prefs)
-
-
-def method_rows(results: SweepResults, reference: list[float] | None = None) -> list[dict[str, Any]]:
-    """One row per method: points, front size, hypervolume, mean score, best per task, mean
-    cosine alignment and non-uniformity."""
-    from prefkit.moo import hypervolume, non_dominated
-
-    m = len(results.tasks)
-    ref = [0.0] * m if reference is None else list(reference)
-    aligned = alignment(results)
-    rows = []
-    for method in results.methods:
-        scores, _ = results.matrix(method)
-        mask = np.array([p.method == method for p in results.points])
-        cosine = aligned["cosine"][mask]
-        nu = aligned["non_uniformity"][mask]
-        rows.append({
-            "method": method, "points": int(len(scores)),
-            "front": int(non_dominated(scores).sum()),
-            "hypervolume": hypervolume(scores, ref),
-            "mean": float(scores.mean()),
-            "best": {t: float(v) for t, v in zip(results.tasks, scores.max(axis=0))},
-            "alignment": _nanmean(cosine), "non_uniformity": _nanmean(nu),
-        })
-    return rows
+def _reference(reference: list[float] | None, m: int) -> list[float]:
+    if reference is None:
+        return [0.0] * m
+    if len(reference) not in (1, m):
+        raise DataError(f"--reference has {len(reference)} values for {m} tasks")
+    return list(reference) * m if len(reference) == 1 else list(reference)
 
 
-def point_rows(results: SweepResults) -> list[dict[str, Any]]:
-    from prefkit.moo import non_dominated
+def analyse(folder: Path, *, metric: str = "accuracy", reference: list[float] | None = None,
+            resamples: int = 2000) -> dict[str, Any]:
+    """Everything the report shows, as rows (see prefkit.sweeps.study_rows)."""
+    from prefkit.sweeps.study_grid import budget_curves, grid_rows, lambda_rows
+    from prefkit.sweeps.study_rows import comparisons, group_rows, method_row, point_rows
 
-    aligned = alignment(results)
-    on_front = {}
-    for method in results.methods:
-        chosen = [i for i, p in enumerate(results.points) if p.method == method]
-        scores, _ = results.matrix(method)
-        on_front.update(zip(chosen, non_dominated(scores).tolist()))
-    return [{"method": p.method, "preference": list(p.preference),
-             "scores": dict(zip(results.tasks, p.scores)), "mean": float(np.mean(p.scores)),
-             "alignment": _finite(aligned["cosine"][i]),
-             "non_uniformity": _finite(aligned["non_uniformity"][i]), "front": on_front[i],
-             "point": p.record.get("point")} for i, p in enumerate(results.points)]
-
-
-def _nanmean(values: np.ndarray) -> float | None:
-    finite = values[np.isfinite(values)]
-    return float(finite.mean()) if finite.size else None
-
-
-def _finite(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
-
-
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
-def methods_table(results: SweepResults, rows: list[dict[str, Any]]) -> str:
-    header = ["method", "points", "front", "hypervolume", "mean",
-              *[f"best {t}" for t in results.tasks], "alignment (cos)", "non-uniformity"]
-    body = [[r["method"], str(r["points"]), str(r["front"]), _fmt(r["hypervolume"]), _fmt(r["mean"]),
-             *[_fmt(r["best"][t]) for t in results.tasks], _fmt(r["alignment"]),
-             _fmt(r["non_uniformity"])] for r in rows]
-    return _table(header, body)
-
-
-def points_table(results: SweepResults, rows: list[dict[str, Any]]) -> str:
-    header = ["method", "preference", *results.tasks, "mean", "cos", "non-unif.", "front"]
-    body = [[r["method"], "[" + ", ".join(f"{x:.2f}" for x in r["preference"]) + "]",
-             *[_fmt(r["scores"][t]) for t in results.tasks], _fmt(r["mean"]),
-             _fmt(r["alignment"], 3), _fmt(r["non_uniformity"], 3), "●" if r["front"] else ""]
-            for r in rows]
-    return _table(header, body)
-
-
-def write_report(folder: Path, *, metric: str = "accuracy", reference: list[float] | None = None,
-                 plots: bool = True) -> dict[str, Any]:
-    """Rebuild `report.md` (and the plots) in `folder` from its results.jsonl.
-
-    Returns:
-        {"rows": method rows, "points": point rows, "report": path, "plots": [paths], "note": str}
-    """
     path = folder / RESULTS
     if not path.is_file():
         raise DataError(f"{path}: no such file", hint="give the output folder of a sweep")
     results = collect(read_results(path), metric)
-    if reference is not None and len(reference) not in (1, len(results.tasks)):
-        raise DataError(f"--reference has {len(reference)} values for {len(results.tasks)} tasks")
-    if reference is not None and len(reference) == 1:
-        reference = reference * len(results.tasks)
-    rows = method_rows(results, reference)
-    points = point_rows(results)
+    study = Study(folder, results, _reference(reference, len(results.tasks)), resamples=resamples)
+    rows = [method_row(study, m) for m in study.methods]
+    grid = grid_rows(study, rows)
+    return {"study": study, "rows": rows, "groups": group_rows(study), "points": point_rows(study),
+            "comparisons": comparisons(study), "grid": grid, "curves": budget_curves(grid),
+            "lambdas": lambda_rows(study), "zoo": zoo_cost(folder, [p.record for p in results.points])}
+
+
+def write_report(folder: Path, *, metric: str = "accuracy", reference: list[float] | None = None,
+                 plots: bool = True) -> dict[str, Any]:
+    """Rebuild `report.md` (and the figures) in `folder` from its results.jsonl.
+
+    Returns:
+        {"rows": method rows, "points": point rows, "report": path, "plots": [paths], "note": str,
+        "groups": per (method, preference) rows, "comparisons": paired tests, "grid": swept
+        settings, "lambdas": learned λ, "zoo": the zoo's fine-tuning cost}
+    """
+    folder = Path(folder)
+    found = analyse(folder, metric=metric, reference=reference)
     images, note = [], ""
     if plots:
         try:
@@ -129,41 +88,61 @@ def write_report(folder: Path, *, metric: str = "accuracy", reference: list[floa
         except ImportError:
             note = "plots skipped: matplotlib is not installed (pip install 'prefkit[plots]')"
         else:
-            images = write_plots(folder, results, rows)
-    text = _markdown(folder, results, rows, points, images, reference, note)
-    write_atomic(folder / "report.md", text)
-    return {"rows": rows, "points": points, "report": str(folder / "report.md"),
-            "plots": [str(p) for p in images], "note": note}
+            images = write_plots(folder, found)
+    write_atomic(folder / "report.md", markdown(folder, found, images, note))
+    extra = {k: found[k] for k in ("groups", "comparisons", "grid", "lambdas", "zoo")}
+    return {"rows": found["rows"], "points": found["points"], "report": str(folder / "report.md"),
+            "plots": [str(p) for p in images], "note": note, **extra}
 
 
-def _markdown(folder, results, rows, points, images, reference, note) -> str:
-    ref = reference or [0.0] * len(results.tasks)
+def _intro(folder: Path, study: Study) -> list[str]:
+    results = study.results
     settings = ", ".join(json.dumps(s, sort_keys=True) for s in results.settings)
-    lines = [
-        f"# Sweep report: {folder.name}", "",
-        f"{len(results.points)} scored points, {len(results.methods)} methods, tasks "
-        f"{', '.join(results.tasks)}; score: {results.metric} (evaluate: {settings}).",
-    ]
+    seeds = sorted({p.seed for p in results.points if p.seed is not None})
+    lines = [f"# Study report: {folder.name}", "",
+             f"{len(results.points)} scored points, {len(results.methods)} methods, tasks "
+             f"{', '.join(results.tasks)}" + (f", seeds {', '.join(map(str, seeds))}" if seeds else "")
+             + f"; score: {results.metric} (evaluate: {settings})."]
     if len(results.settings) > 1:
         lines.append("**Warning:** the points were scored with different evaluate: settings.")
-    lines += [
-        "", "## Methods", "",
-        methods_table(results, rows), "",
-        f"- *hypervolume*: volume dominated by the method's points above the reference "
-        f"({', '.join(f'{x:g}' for x in ref)}), higher is better; *front*: its non-dominated points.",
-        "- *mean*: mean over its points of the mean score over tasks; *best*: best score per task.",
-        "- *alignment (cos)*: mean cosine between a point's normalised score gain "
-        "(score − min) / (max − min), per task over all points, and its preference; 1 = the "
-        "trade-off asked for. *non-uniformity*: EPO's KL measure on the normalised losses "
-        "1 − gain (0 = on the preference ray).", "",
-        "## Points", "", points_table(results, points), "",
-    ]
-    if results.failed:
-        lines += ["## Failed points", ""]
-        lines += [f"- {r.get('label')} {r.get('preference')}: {r.get('error')}" for r in results.failed]
-        lines.append("")
+    return lines
+
+
+def _sections(found: dict[str, Any]) -> list[str]:
+    from prefkit.sweeps.summary import summary_lines
+
+    study, rows = found["study"], found["rows"]
+    ref = ", ".join(f"{x:g}" for x in study.reference)
+    lines = ["", "## What this shows", "",
+             *summary_lines(rows, found["comparisons"], found["zoo"], found["curves"]), "",
+             "## Methods", "", tables.methods_table(rows), "",
+             *[d.format(ref=f"({ref})") for d in DEFINITIONS], "",
+             "## Per-task scores", "", "Mean over seeds per (method, preference), 95% CI as in the "
+             "methods table.", "", tables.tasks_table(study, found["groups"]), "",
+             "## Paired comparisons", "", *tables.comparison_lines(found["comparisons"]), ""]
+    if any(c["details"] for c in found["comparisons"]):
+        lines += [tables.comparisons_table(found["comparisons"]), ""]
+    lines += ["## Cost", "", tables.cost_table(rows), "", tables.zoo_line(found["zoo"], rows), ""]
+    if found["grid"]:
+        lines += ["## Budget and swept settings", "", "Quality against each setting a family "
+                  "sweeps (grid:), one row per value.", "", tables.grid_table(found["grid"]), ""]
+    if found["lambdas"]:
+        lines += ["## Learned coefficients (AdaMerging λ)", "",
+                  tables.lambda_table(study, found["lambdas"]), ""]
+    return lines
+
+
+def markdown(folder: Path, found: dict[str, Any], images: list[Path], note: str) -> str:
+    study = found["study"]
+    lines = _intro(folder, study) + _sections(found)
     if images:
-        lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in images] + [""]
+        lines += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in images] + [""]
     if note:
         lines += [note, ""]
+    lines += ["## Points", "", tables.points_table(study, found["points"]), ""]
+    if study.results.failed:
+        lines += ["## Failed points", ""]
+        lines += [f"- {r.get('label')} {r.get('preference')}: {r.get('error')}"
+                  for r in study.results.failed]
+        lines.append("")
     return "\n".join(lines)

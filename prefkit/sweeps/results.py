@@ -21,6 +21,32 @@ class ScoredPoint:
     scores: tuple[float, ...]  # one per task, in task order
     record: dict[str, Any]
 
+    # what newer records add; absent (None, {} or the label) on older ones
+    @property
+    def seed(self) -> int | None:
+        return self.record.get("seed")
+
+    @property
+    def family(self) -> str:
+        return str(self.record.get("family") or self.record.get("label") or self.method)
+
+    @property
+    def grid(self) -> dict[str, Any]:
+        return dict(self.record.get("grid") or {})
+
+    @property
+    def cost(self) -> dict[str, Any]:
+        """The record's `cost`; an old record's `seconds` stands in for its wall time."""
+        cost = dict(self.record.get("cost") or {})
+        if cost.get("wall_s") is None and isinstance(self.record.get("seconds"), (int, float)):
+            cost["wall_s"] = float(self.record["seconds"])
+        return cost
+
+    def task_value(self, task: str, key: str) -> float | None:
+        """`results[task][key]` as a float (e.g. "majority", "loss"), or None."""
+        value = (self.record.get("results") or {}).get(task, {}).get(key)
+        return float(value) if isinstance(value, (int, float)) else None
+
 
 @dataclass
 class SweepResults:
@@ -41,10 +67,38 @@ class SweepResults:
         prefs = np.array([p.preference for p in chosen], dtype=float).reshape(-1, m)
         return scores, prefs
 
+    def seeds(self, method: str) -> list[int | None]:
+        return sorted({p.seed for p in self.points if p.method == method},
+                      key=lambda s: -1 if s is None else s)
+
+    def by_seed(self, method: str) -> list[np.ndarray]:
+        """The method's score matrix per seed (rows: its points of that seed)."""
+        m = len(self.tasks)
+        return [np.array([p.scores for p in self.points if p.method == method and p.seed == s],
+                         dtype=float).reshape(-1, m) for s in self.seeds(method)]
+
+    def mean_matrix(self, method: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per preference of the method, the mean scores over its seeds (and the preferences)."""
+        scores, prefs = self.matrix(method)
+        keys = list(dict.fromkeys(tuple(np.round(p, 9)) for p in prefs))
+        rows = np.round(prefs, 9)
+        means = [scores[(rows == k).all(axis=1)].mean(axis=0) for k in keys]
+        m = len(self.tasks)
+        return np.array(means, dtype=float).reshape(-1, m), np.array(keys, dtype=float).reshape(-1, m)
+
+
+_SEED_KEYS = ("seed", "random_seed")  # where a sweep's seeds: go: one method, several seeds
+
+
+def _unseeded(settings: Any) -> Any:
+    if not isinstance(settings, dict):
+        return settings
+    return {k: v for k, v in settings.items() if k not in _SEED_KEYS}
+
 
 def _config(r: dict[str, Any]) -> str:
-    return json.dumps([r.get("label"), r.get("merge_method"), r.get("parameters"), r.get("train")],
-                      sort_keys=True, default=str)
+    return json.dumps([r.get("label"), r.get("merge_method"), _unseeded(r.get("parameters")),
+                       _unseeded(r.get("train"))], sort_keys=True, default=str)
 
 
 def _method_names(records: list[dict[str, Any]]) -> dict[str, str]:
@@ -59,7 +113,7 @@ def _method_names(records: list[dict[str, Any]]) -> dict[str, str]:
         if len(by_label[label]) == 1:
             names[_config(r)] = label
         else:
-            settings = {**(r.get("parameters") or {}), **(r.get("train") or {})}
+            settings = {**(_unseeded(r.get("parameters")) or {}), **(_unseeded(r.get("train")) or {})}
             names[_config(r)] = f"{label} [{', '.join(f'{k}={v}' for k, v in settings.items())}]"
     return names
 
@@ -89,9 +143,10 @@ def collect(records: list[dict[str, Any]], metric: str = "accuracy") -> SweepRes
         pref = np.asarray(r.get("preference") or [1.0] * len(tasks), dtype=float)
         points.append(ScoredPoint(names[_config(r)], tuple((pref / pref.sum()).tolist()),
                                   tuple(float(r["results"][t][metric]) for t in tasks), r))
-        if r.get("evaluate") not in settings:
-            settings.append(r.get("evaluate"))
-    points.sort(key=lambda p: (p.method, tuple(-x for x in p.preference)))
+        if _unseeded(r.get("evaluate")) not in settings:  # seeds: changes only evaluate.seed
+            settings.append(_unseeded(r.get("evaluate")))
+    points.sort(key=lambda p: (p.method, tuple(-x for x in p.preference),
+                               -1 if p.seed is None else p.seed))
     return SweepResults(tasks, metric, points, failed, settings)
 
 
@@ -109,17 +164,19 @@ class SweepResult:
         return collect(self.points, metric)
 
     def front(self, method: str, metric: str = "accuracy") -> np.ndarray:
-        """The method's non-dominated score vectors (rows: points, columns: tasks)."""
+        """The method's non-dominated score vectors (rows: its preferences' scores, the mean over
+        seeds when the sweep has several; columns: tasks)."""
         from prefkit.moo import non_dominated
 
-        scores, _ = self.results(metric).matrix(method)
+        scores, _ = self.results(metric).mean_matrix(method)
         return scores[non_dominated(scores)]
 
     def hypervolume(self, method: str, reference: list[float] | None = None,
                     metric: str = "accuracy") -> float:
         """Volume the method's points dominate above `reference` (default: 0 on every task), as
-        the report's methods table gives it."""
+        the report's methods table gives it: per seed, then the mean over seeds."""
         from prefkit.moo import hypervolume
 
-        scores, _ = self.results(metric).matrix(method)
-        return hypervolume(scores, [0.0] * scores.shape[1] if reference is None else list(reference))
+        per_seed = self.results(metric).by_seed(method)
+        ref = [0.0] * per_seed[0].shape[1] if reference is None else list(reference)
+        return float(np.mean([hypervolume(s, ref) for s in per_seed]))
