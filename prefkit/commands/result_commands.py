@@ -17,13 +17,21 @@ def add_report(cli: click.Group, state: CliState) -> None:
     @click.option("--reference", help="Hypervolume reference: one value, or one per task "
                   "(comma-separated); default 0.")
     @click.option("--no-plots", is_flag=True, help="Write report.md only.")
+    @click.option("--html", "as_html", is_flag=True,
+                  help="Also write report.html: one self-contained page (figures embedded).")
     @click.option("-q", "--quiet", is_flag=True, help="No table on stderr.")
-    def report(folder, metric, reference, no_plots, quiet) -> None:
+    def report(folder, metric, reference, no_plots, as_html, quiet) -> None:
         """Rebuild a sweep's report.md and plots from its results.jsonl; JSON on stdout."""
         from prefkit.commands.report import parse_reference, report_command
 
         result = report_command(folder, metric=metric, reference=parse_reference(reference),
                                 plots=not no_plots, quiet=quiet)
+        if as_html:
+            from prefkit.sweeps.html import write_html
+
+            result["html"] = str(write_html(Path(folder)))
+            if not quiet:
+                click.echo(f"wrote {result['html']}", err=True)
         click.echo(json.dumps(result, indent=2))
 
 

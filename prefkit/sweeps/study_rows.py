@@ -84,8 +84,9 @@ def cost_row(points: list[ScoredPoint]) -> dict[str, Any]:
     """Per point means and grid totals of the recorded cost (seconds)."""
     walls = [p.cost.get("wall_s") for p in points if isinstance(p.cost.get("wall_s"), (int, float))]
     cpus = [p.cost.get("cpu_s") for p in points if isinstance(p.cost.get("cpu_s"), (int, float))]
+    # a tensor method records train_s 0: only points that trained (and did not reuse it) count
     trained = [p for p in points if isinstance(p.cost.get("train_s"), (int, float))
-               and not p.cost.get("train_cached")]
+               and p.cost["train_s"] > 0 and not p.cost.get("train_cached")]
     return {"wall_s": _nanmean(walls), "cpu_s": _nanmean(cpus),
             "train_s": _mean_of(trained, "train_s"), "merge_s": _mean_of(points, "merge_s"),
             "eval_s": _mean_of(points, "eval_s"),

@@ -103,13 +103,14 @@ def _study_point(out: Path, label: str, j: int, pref, seed: int) -> dict:
         results[t] = {"accuracy": float(correct.mean()), "macro_f1": float(correct.mean()) * 0.9,
                       "n": N, "majority": MAJORITY[t], "split": "test", "loss": 1.0 - correct.mean()}
     np.savez(folder / "examples.npz", **arrays)
+    train_s = 0.0 if grid is None and method != "adamerging" else wall - 3.0  # tensor methods: 0
     rec = {"point": name, "key": f"k-{name}", "eval_key": "e", "label": label, "family": family,
            "grid": grid, "seed": seed, "merge_method": method, "parameters": None,
            "train": {"seed": seed, **({"steps": grid["train.steps"]} if grid else {})},
            "preference": pref, "tasks": list(TASKS), "status": "ok", "results": results,
            "evaluate": {"split": "test", "num_samples": N, "seed": seed}, "examples": "examples.npz",
            "seconds": wall, "cost": {"wall_s": wall * (1 + 0.1 * seed), "cpu_s": 1.8 * wall,
-                                     "merge_s": 1.0, "eval_s": 2.0, "train_s": wall - 3.0,
+                                     "merge_s": 1.0, "eval_s": 2.0, "train_s": train_s,
                                      "train_cached": False, "device": "cpu", "threads": 2}}
     if method == "adamerging":
         base = np.linspace(0.2, 0.4, len(LAYERS))
@@ -339,6 +340,8 @@ def test_summary_cost_budget_and_lambda(study):
     assert cheapest["method"] == "task_arithmetic" and f"takes {ratio:.1f}× the wall time" in summary
     assert rows["ties"]["cost"]["wall_s"] == pytest.approx(4.0 * 1.1)  # seeds 0, 1, 2: × 1, 1.1, 1.2
     assert rows["ties"]["cost"]["total_wall_s"] == pytest.approx(6 * 4.0 * 3.3)
+    assert rows["ties"]["cost"]["train_s"] is None and rows["ties"]["cost"]["trained"] == 0
+    assert rows["chebyshev steps=60"]["cost"]["train_s"] == pytest.approx(147.0)
     assert result["zoo"]["total_s"] == 300.0 and result["zoo"]["known"] == 3
     assert "fine-tuning 3 of 3 input models took 300.0 s" in text
     budget = [g for g in result["grid"] if g["setting"] == "train.steps"]
@@ -409,3 +412,12 @@ def test_ray_angle_tells_vertex_points_apart_in_the_report(tmp_path):
     assert points["m0"]["ray_angle"] == pytest.approx(math.degrees(math.atan2(0.1, 0.6)))
     assert points["m1"]["ray_angle"] == pytest.approx(math.degrees(math.atan2(0.8, 0.6)))
     assert points["m0"]["non_uniformity"] == points["m1"]["non_uniformity"] == 0.0
+
+
+def test_report_command_writes_html(study):
+    out, _ = study
+    ran = CliRunner().invoke(build_cli(lambda: None), ["report", str(out), "--html"])
+    assert ran.exit_code == 0, ran.stderr
+    page = Path(json.loads(ran.stdout)["html"])
+    assert page == out / "report.html" and f"wrote {page}" in ran.stderr
+    assert page.read_text().count('src="data:image/png;base64,') == 6
