@@ -51,7 +51,7 @@ from prefkit.io.hub import TOKENIZER_FILES
 from prefkit.io.interrupts import deferred
 from prefkit.io.outdir import KEPT, Identity, claim_output, replace_folder, temp_sibling, write_error
 from prefkit.io.ownership import OutputAppeared
-from prefkit.io.writer import OutTensor, ShardWriter, plan_shards
+from prefkit.io.writer import MemorySink, OutTensor, ShardWriter, plan_shards
 from prefkit.progress import NullReporter, Reporter
 from prefkit.recipe.plan import Plan, fingerprint
 from prefkit.version import __version__
@@ -117,6 +117,22 @@ def execute(plan: Plan, options: ExecuteOptions | None = None, *,
         reporter.finish()
 
 
+def merge_in_memory(plan: Plan, options: ExecuteOptions | None = None, *,
+                    reporter: Reporter | None = None) -> dict[str, Any]:
+    """The Plan's merged tensors (name → torch tensor, the values `execute` would write), with
+    no output folder: nothing is claimed, written or read back. Sweeps score unkept merges so."""
+    o, reporter = options or ExecuteOptions(), reporter or NullReporter()
+    check_device(o.device)
+    sink = MemorySink([OutTensor(p.name, p.out_dtype, p.shape) for p in plan.tensors])
+    try:
+        _write_tensors(plan, None, reporter, o.max_shard_bytes, o.weights, o.allow_nonfinite,
+                       o.state, o.threads, o.device,
+                       o.weights is None and o.device == "cpu" and numpy_merge(plan), sink)
+    finally:
+        reporter.finish()
+    return sink.tensors
+
+
 def _execute(plan: Plan, o: ExecuteOptions, reporter: Reporter, agreed: Identity | None) -> MergeResult:
     """`execute` once the output is ours: write the temporary sibling, then move it into place."""
     out, weights, device = plan.output, o.weights, o.device
@@ -154,9 +170,9 @@ def _discard(tmp: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes: int,
+def _write_tensors(plan: Plan, folder: Path | None, reporter: Reporter, max_shard_bytes: int,
                    weights=None, allow_nonfinite: bool = False, state=None, threads=None,
-                   device: str = "cpu", numpy: bool = False) -> int:
+                   device: str = "cpu", numpy: bool = False, sink: MemorySink | None = None) -> int:
     method = plan.method.method
     uses_base = plan.base is not None and method.base == "required"
     inputs = len(plan.inputs) + uses_base
@@ -175,7 +191,7 @@ def _write_tensors(plan: Plan, folder: Path, reporter: Reporter, max_shard_bytes
     io = SlabIO(_Given(weights, loader).load if weights is not None else loader.load, size,
                 lambda a, b: size(a) + size(b) <= limit)
     outs = [OutTensor(p.name, p.out_dtype, p.shape) for p in plan.tensors]
-    writer = ShardWriter(folder, plan_shards(outs, max_shard_bytes), {
+    writer = sink or ShardWriter(folder, plan_shards(outs, max_shard_bytes), {
         "format": "pt", "prefkit_version": __version__,
         "recipe_sha256": plan.source.digest,
     }, submit=io.submit)

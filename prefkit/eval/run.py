@@ -7,6 +7,7 @@ and each input's label names, so every task is scored through its own model's la
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +40,22 @@ def plan_tasks(plan, registry: Registry, extra_tasks: dict[str, Task] | None = N
 def task_heads(model_dir: Path, names: list[str] | None, registry: Registry,
                extra_tasks: dict[str, Task] | None = None, heads: str | None = None) -> list[TaskHead]:
     """What to score: each task with its label order (and its own head, for per-task heads)."""
+    return choose_heads(str(model_dir), _read_json(model_dir / "prefkit.json"),
+                        _read_json(model_dir / "config.json") or {}, names, registry, extra_tasks,
+                        heads, lambda task: _task_head(model_dir, task))
+
+
+def choose_heads(where: str, provenance: dict | None, config: dict, names: list[str] | None,
+                 registry: Registry, extra_tasks: dict[str, Task] | None, heads: str | None,
+                 task_head: Callable[[str], dict[str, Any]]) -> list[TaskHead]:
+    """`task_heads` from what a model folder holds: its prefkit.json (`provenance`, None when
+    prefkit did not write it) and config.json; `task_head(task)` gives a task's own head tensors.
+    A sweep worker passes the same for a merge it holds in memory."""
     extra_tasks = extra_tasks or {}
-    provenance = _read_json(model_dir / "prefkit.json")
-    config = _read_json(model_dir / "config.json") or {}
     by_task = {i["task"]: i for i in (provenance or {}).get("inputs", []) if i.get("task")}
     if names is None:
         if not by_task:
-            raise DataError(f"{model_dir}: no tasks to evaluate", hint="pass --tasks a,b")
+            raise DataError(f"{where}: no tasks to evaluate", hint="pass --tasks a,b")
         names = list(by_task)
     heads = heads or (provenance or {}).get("heads", "padded")
     out = []
@@ -53,16 +63,14 @@ def task_heads(model_dir: Path, names: list[str] | None, registry: Registry,
         task = extra_tasks.get(name) or registry.task(name).task
         source = by_task.get(name)
         if provenance is not None and source is None:
-            raise DataError(f"{model_dir}: no input model was tuned for task {name!r}",
+            raise DataError(f"{where}: no input model was tuned for task {name!r}",
                             hint=f"its tasks: {', '.join(by_task) or 'none'}")
         if source is not None:
             order = label_order(task, id2label=source.get("id2label"), model_id=source["model"],
                                 override=source.get("labels"))
         else:
-            order = label_order(task, id2label=config.get("id2label"), model_id=str(model_dir))
-        head = None
-        if heads == "per_task" and source is not None:
-            head = _task_head(model_dir, name)
+            order = label_order(task, id2label=config.get("id2label"), model_id=where)
+        head = task_head(name) if heads == "per_task" and source is not None else None
         out.append(TaskHead(task, order, head))
     return out
 

@@ -199,3 +199,41 @@ def _naming(path: Path):
         if exc.filename is None:
             exc.filename = str(path)
         raise
+
+
+class MemorySink:
+    """Takes `ShardWriter.write`'s calls and keeps the tensors instead (name → torch tensor):
+    a merge that is scored, not kept, gets exactly the values a shard would hold. Written
+    buffers are copied (the executor reuses them)."""
+
+    def __init__(self, tensors: list[OutTensor]):
+        self._planned = {t.name: t for t in tensors}
+        self._rows: dict[str, int] = {}
+        self.tensors: dict = {}
+
+    def write(self, name: str, tensor, dtype: str | None = None) -> None:
+        import torch
+
+        if dtype is not None:  # a numpy array holding `dtype` (bfloat16 as uint16 bits)
+            value = torch.from_numpy(tensor.copy())
+            if value.dtype != getattr(torch, dtype):
+                value = value.view(getattr(torch, dtype))
+        else:
+            value = tensor.detach().cpu().clone()
+        planned = self._planned[name]
+        if tuple(value.shape) == planned.shape and name not in self._rows:
+            self.tensors[name] = value
+            return
+        # a slab of rows of a large tensor: into its place in the whole
+        whole = self.tensors.setdefault(name, torch.empty(planned.shape, dtype=value.dtype))
+        start = self._rows.get(name, 0)
+        whole[start:start + value.shape[0]] = value
+        self._rows[name] = start + value.shape[0]
+
+    def close(self) -> None:
+        missing = [n for n in self._planned if n not in self.tensors]
+        if missing:
+            raise ValueError(f"merge ended before tensor {missing[0]!r} was given")
+
+    def abort(self) -> None:
+        self.tensors.clear()

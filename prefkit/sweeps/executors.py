@@ -1,7 +1,9 @@
 """Where sweep points run: in this process (`--workers 0`, for debugging), a local process pool
 (the default), or Ray (`--executor ray`, extra `prefkit[ray]`). Each yields result records as
 points finish; a point that fails, or whose worker dies, yields a failed record and the others
-go on. Every executor runs the same `run_point`, so results and the cache are the same."""
+go on. Every executor runs the same `run_point`, so results and the cache are the same. A worker
+process (and the in-process loop, for one sweep) keeps its evaluation state between points
+(`prefkit.sweeps.worker`): tokenizer, tokenized examples, model skeleton."""
 
 from __future__ import annotations
 
@@ -27,10 +29,20 @@ def run_jobs(jobs: list[PointJob], *, executor: str, workers: int, registry) -> 
     if executor == "ray":
         yield from _ray(jobs, workers)
     elif workers == 0:
-        for job in jobs:
-            yield run_point(job, registry)
+        from prefkit.sweeps.worker import keeping
+
+        with keeping() as session:
+            for job in jobs:
+                yield run_point(job, registry, session)
     else:
         yield from _pool(jobs, workers)
+
+
+def run_kept(job: PointJob) -> dict[str, Any]:
+    """`run_point` in a worker process, with the state that process keeps between points."""
+    from prefkit.sweeps.worker import keep_for_process
+
+    return run_point(job, session=keep_for_process())
 
 
 def _pool(jobs: list[PointJob], workers: int) -> Iterator[dict[str, Any]]:
@@ -41,7 +53,7 @@ def _pool(jobs: list[PointJob], workers: int) -> Iterator[dict[str, Any]]:
     pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
                                mp_context=multiprocessing.get_context("spawn"))
     try:
-        futures = {pool.submit(run_point, job): job for job in jobs}
+        futures = {pool.submit(run_kept, job): job for job in jobs}
         for future in as_completed(futures):
             try:
                 yield future.result()
@@ -63,7 +75,7 @@ def _ray(jobs: list[PointJob], workers: int) -> Iterator[dict[str, Any]]:
         address = os.environ.get("RAY_ADDRESS")
         ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
-    remote = ray.remote(num_cpus=1, max_retries=0)(run_point)
+    remote = ray.remote(num_cpus=1, max_retries=0)(run_kept)
     queue, pending = list(jobs), {}
     try:
         while queue or pending:

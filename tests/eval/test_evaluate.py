@@ -103,7 +103,8 @@ def test_label_order_follows_the_model_config(tmp_path, task3):
     assert order == perm
     a = evaluate(model, [TaskHead(task, [0, 1, 2])], EvalSettings())["toy"]
     b = evaluate(tmp_path / "perm", [TaskHead(task, order)], EvalSettings())["toy"]
-    assert a == b
+    # the loss sums the same logits in another order: equal up to rounding
+    assert a.pop("loss") == pytest.approx(b.pop("loss"), rel=1e-6) and a == b
 
 
 def test_label_order_sources_and_errors():
@@ -282,3 +283,45 @@ class _ToyPlugin:
     def prefkit_register_tasks(self, register):
         register(Task(name="toy_b", dataset="csv", text_fields=("text",), label_names=("neg", "pos"),
                       splits={"test": "test"}, data_files={"test": str(self.file)}))
+
+
+def test_loss_is_the_cross_entropy_of_the_task_logits(tmp_path, task3):
+    """`loss` and the per-example losses are F.cross_entropy over the logits sliced to the
+    task's labels, the target being the output that means the example's label."""
+    import torch.nn.functional as F
+
+    from prefkit.eval.evaluate import collect_examples, evaluate_model
+
+    task, rows = task3
+    folder = make_tiny_classifier(tmp_path / "m", ["p", "q", "r", "s"], seed=5)  # 4 outputs
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    seen = []  # every batch's logits, in the order the evaluator ran them
+    model.register_forward_hook(lambda mod, args, kw_out: seen.append(kw_out.logits.clone()))
+    order = [2, 0, 1]  # output j means task label order[j]
+    settings = EvalSettings(batch_size=8, num_samples=40, seed=2)
+    results, per_example = evaluate_model(tokenizer, model, [TaskHead(task, order)], settings)
+    from prefkit.eval.data import subset_indices
+    from prefkit.eval.evaluate import _batches, eval_data
+
+    data = eval_data(tokenizer, task, settings)
+    assert data.indices == subset_indices(57, 40, 2)
+    reference = torch.zeros(40)
+    for (batch_rows, _), logits in zip(_batches(data.encoded, 8, 0), seen, strict=True):
+        targets = torch.tensor([order.index(data.labels[r]) for r in batch_rows])
+        reference[batch_rows] = F.cross_entropy(logits[:, :3], targets, reduction="none")
+    arrays = per_example["toy"]
+    torch.testing.assert_close(torch.from_numpy(arrays["loss"]), reference, rtol=1e-6, atol=1e-6)
+    assert results["toy"]["loss"] == pytest.approx(float(reference.double().mean()), rel=1e-6)
+    assert reference.std() > 0.1 and results["toy"]["loss"] > 0
+    assert arrays["index"].tolist() == data.indices
+    assert arrays["correct"].tolist() == [p == y for p, y in zip(arrays["prediction"], data.labels)]
+    assert arrays["correct"].mean() == pytest.approx(results["toy"]["accuracy"])
+    # a model folder scored by `evaluate` hands the same arrays to a collect_examples() block
+    with collect_examples() as collected:
+        again = evaluate(folder, [TaskHead(task, order)], settings)
+    assert again == results and len(collected) == 1 and collected[0].device == "cpu"
+    for key, value in collected[0].examples["toy"].items():
+        assert (value == arrays[key]).all(), key
+    assert evaluate(folder, [TaskHead(task, order)], settings) == results  # nothing collects now
+    assert len(collected) == 1
