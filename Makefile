@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo demo-data demo-sweep demo-train demo-adamerging offline-merge test test-example test-slow test-all bench clean
+.PHONY: setup demo demo-data demo-sweep demo-train demo-adamerging study offline-merge test test-example test-slow test-all bench clean
 
 setup: $(VENV)/.installed
 
@@ -62,6 +62,14 @@ demo-adamerging: setup demo-data
 	$(BIN)/prefkit run recipes/demo/adamerging_pref.yaml --force
 	$(BIN)/prefkit run recipes/demo/adamerging_sweep.yaml
 
+# The study (recipes/demo/study.yaml, zoo from `make demo`): task arithmetic, TIES, Chebyshev
+# (two budgets), EPO and AdaMerging at 4 preferences x 3 seeds, with CIs, paired tests and cost;
+# report in runs/study/report.md (and report.html). A rerun reuses every finished point.
+study: setup demo-data
+	$(BIN)/python -m prefkit.demo.zoo recipes/demo/zoo
+	$(BIN)/prefkit run recipes/demo/study.yaml
+	$(BIN)/prefkit report runs/study --html
+
 # A merge of seeded toy checkpoints (no training, no data): seconds.
 offline-merge: setup
 	$(BIN)/python recipes/offline/make_zoo.py
@@ -83,8 +91,10 @@ test-example: setup
 	PYTHONPATH=$(EXAMPLE_TARGET) $(BIN)/python -m pytest -q examples/prefkit-dare/tests
 
 # The slow tests (process-pool and Ray sweep workers, fetch-then-merge offline, the demo's real
-# data and zoo): CI runs them after `make demo`, which installs the demo's data (about 2 minutes).
+# data and zoo, a tiny study on it): CI runs them after `make demo`, which installs the demo's
+# data and builds the zoo (about 5 minutes); here the zoo is only checked (cached: seconds).
 test-slow: setup demo-data
+	$(BIN)/python -m prefkit.demo.zoo recipes/demo/zoo --quiet
 	$(BIN)/python -m pytest -q -m slow
 
 test-all: setup

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -21,7 +22,14 @@ from pydantic_core.core_schema import ErrorType
 
 from prefkit.bounds import PreferenceEntry, preference_problem
 from prefkit.io.paths import name_problem
-from prefkit.recipe.sweep_keys import LoggingSpec, MethodEntry, PreferenceGrid, WandbSpec, preferences_value
+from prefkit.recipe.sweep_keys import (
+    LoggingSpec,
+    MethodEntry,
+    PreferenceGrid,
+    WandbSpec,
+    preferences_value,
+    seeds_value,
+)
 
 DTYPES = {
     "float32": "float32", "fp32": "float32", "float": "float32",
@@ -162,6 +170,9 @@ class Recipe(_Strict):
         None, description="prefkit sweep: a list of preferences or {grid: simplex, steps: K}.")
     methods: list[MethodEntry] | None = Field(
         None, min_length=1, description="prefkit sweep: several methods, each with its parameters.")
+    seeds: Annotated[list[int] | None, BeforeValidator(seeds_value)] = Field(
+        None, description="prefkit sweep: run every point once per seed (training, solver, "
+        "random-merge and evaluation-subset seeds); the report gives means with 95% CIs.")
     keep_models: bool = Field(True, description="prefkit sweep: keep merged models after scoring.")
     wandb: WandbSpec | None = Field(None, description="prefkit sweep: Weights & Biases logging.")
     logging: LoggingSpec | None = Field(None, description="prefkit sweep: log level, format, file.")

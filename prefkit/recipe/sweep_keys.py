@@ -1,10 +1,12 @@
-"""The sweep keys of a recipe (pydantic, unknown keys forbidden): `preferences`, `methods`,
-`keep_models`, `wandb`, `logging`. `prefkit.recipe.schema.Recipe` holds them as top-level fields;
-what they mean is in `prefkit.sweeps.points`. (Part of the recipe schema, so the schema
+"""The sweep keys of a recipe (pydantic, unknown keys forbidden): `preferences`, `methods`
+(each may have a `grid:` of settings), `seeds`, `keep_models`, `wandb`, `logging`.
+`prefkit.recipe.schema.Recipe` holds them as top-level fields; what they mean is in
+`prefkit.sweeps.points`. (Part of the recipe schema, so the schema
 imports nothing of the sweep machinery.)"""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
@@ -61,6 +63,9 @@ def preferences_value(value: Any, handler: Any) -> Any:
     return vectors
 
 
+GRID_KEY = re.compile(r"^(parameters|train)\.([A-Za-z_][A-Za-z0-9_]*)$")
+
+
 class MethodEntry(_Strict):
     """One method of a sweep: a merge (or trainer) method with its parameters."""
 
@@ -69,6 +74,10 @@ class MethodEntry(_Strict):
                              "with its parameters when a method is listed twice).")
     parameters: dict[str, Any] | None = Field(None, description="The method's shared parameters.")
     train: dict[str, Any] | None = Field(None, description="Training settings of a trainer method.")
+    grid: dict[str, list[Any]] | None = Field(
+        None, description="Settings to sweep, each a list of values: `train.steps: [30, 60, 120]` "
+        "(a budget curve), `train.mu: [0.05, 0.2]`, `parameters.density: [0.2, 0.5]`; every "
+        "combination is a row of its own at every preference.")
 
     @field_validator("name")
     @classmethod
@@ -76,6 +85,35 @@ class MethodEntry(_Strict):
         if value is not None and not value.strip():
             raise ValueError("name is empty")
         return value
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, value: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
+        for key, values in (value or {}).items():
+            if not GRID_KEY.match(key):
+                raise ValueError(f"grid key {key!r} is not parameters.<name> or train.<name>")
+            if not values:
+                raise ValueError(f"grid {key}: the list of values is empty")
+            if any(isinstance(v, (list, dict)) for v in values):
+                raise ValueError(f"grid {key}: each value must be a number, string or boolean")
+            repeated = [v for i, v in enumerate(values) if v in values[:i]]
+            if repeated:
+                raise ValueError(f"grid {key}: {repeated[0]!r} is listed twice")
+        return value
+
+
+def seeds_value(value: Any) -> Any:
+    """`seeds:` is a non-empty list of distinct integers ≥ 0."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise ValueError("seeds must be a non-empty list of integers, e.g. [0, 1, 2]")
+    for i, seed in enumerate(value):
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+            raise ValueError(f"seeds[{i}] = {seed!r}: each seed must be an integer from 0 to 2^31-1")
+    if len(set(value)) != len(value):
+        raise ValueError(f"seeds {value}: a seed is listed twice")
+    return value
 
 
 class WandbSpec(_Strict):

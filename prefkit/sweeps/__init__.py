@@ -33,8 +33,9 @@ class SweepOptions:
 
 
 def is_sweep(loaded) -> bool:
-    """A recipe with `preferences:` or `methods:` is a sweep."""
-    return loaded.recipe.preferences is not None or loaded.recipe.methods is not None
+    """A recipe with `preferences:`, `methods:` or `seeds:` is a sweep."""
+    recipe = loaded.recipe
+    return recipe.preferences is not None or recipe.methods is not None or recipe.seeds is not None
 
 
 __all__ = ["SweepOptions", "is_sweep"]

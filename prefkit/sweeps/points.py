@@ -1,10 +1,13 @@
-"""A sweep recipe → its points: one ordinary recipe per (method, parameters, preference), checked
-like any recipe (errors point into the sweep file), with the content keys that cache them.
+"""A sweep recipe → its points: one ordinary recipe per (method, grid setting, preference, seed),
+checked like any recipe (errors point into the sweep file), with the content keys that cache them.
 
 A point recipe is the sweep recipe without the sweep keys, with one method's `merge_method`,
-`parameters` and `train`, and one `preference`. Its model key hashes that recipe (paths as
-written, without `output` and `evaluate`) and the fingerprints of its input checkpoints; its
-evaluation key adds `evaluate`. Same key ⇒ the stored model (or score) is reused.
+`parameters` and `train` (one combination of its `grid:` values written into them), one
+`preference`, and with `seeds:` one seed, written where the method draws random numbers:
+`evaluate.seed` (the test subset) always, `train.seed` for trainer and solver methods,
+`parameters.random_seed` for tensor methods that declare one (DARE-like). Its model key hashes
+that recipe (paths as written, without `output` and `evaluate`) and the fingerprints of its
+input checkpoints; its evaluation key adds `evaluate`. Same key ⇒ the stored model (or score) is reused.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from prefkit.recipe.loader import LoadedRecipe, Marks
 from prefkit.recipe.sweep_keys import PreferenceGrid
 from prefkit.sweeps.grid import simplex_grid
 
-SWEEP_KEYS = ("preferences", "methods", "keep_models", "wandb", "logging")
+SWEEP_KEYS = ("preferences", "methods", "seeds", "keep_models", "wandb", "logging")
 METHOD_KEYS = ("merge_method", "parameters", "train")
 _SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -35,6 +38,9 @@ class Point:
     marks: Marks  # where each key of `recipe` is in the sweep file
     overrides: dict[tuple, str]
     method_loc: tuple  # ("methods", i) or () for the top-level method
+    seed: int | None = None  # the sweep's seed of this point (seeds:), None without seeds:
+    grid: dict[str, Any] | None = None  # this point's values of the method's grid: settings
+    family: str = ""  # the method's label without grid values (a budget curve's rows share it)
 
     @property
     def preference(self) -> list[float] | None:
@@ -101,26 +107,80 @@ def labels(sweep: LoadedRecipe) -> list[str]:
     return out
 
 
-def expand(sweep: LoadedRecipe) -> list[Point]:
-    """Every (method, preference) point of a sweep, methods outermost, in file order."""
+def expand(sweep: LoadedRecipe, registry=None) -> list[Point]:
+    """Every point of a sweep: methods outermost (in file order), then grid settings, then
+    preferences, then seeds. `registry` says where a seed goes (see the module docstring);
+    without it, only into `evaluate` and a `train:` the method entry gives."""
     data = sweep.data
     shared = {k: v for k, v in data.items()
               if k not in (*SWEEP_KEYS, *METHOD_KEYS, "preference", "output")}
+    seeds = [(seed, ("seeds", k)) for k, seed in enumerate(sweep.recipe.seeds or [])] or [(None, ())]
     points = []
     for label, (method, method_loc) in zip(labels(sweep), _method_entries(sweep)):
-        for preference, pref_loc in _preferences(sweep):
-            recipe = {"merge_method": method["merge_method"], **shared}
-            recipe.update({k: method[k] for k in ("parameters", "train") if k in method})
-            if preference is not None:  # floats: [1, 0] and [1.0, 0.0] are one point (one key)
-                recipe["preference"] = [float(x) for x in preference]
-            moves = [((*method_loc, k), (k,)) for k in METHOD_KEYS]
-            moves += [(pref_loc, ("preference",))]
-            moves += [((k,), (k,)) for k in shared]
-            marks = _moved(sweep.marks, moves)
-            marks[()] = sweep.marks.get((), (1, 1))
-            overrides = _moved(sweep.overrides or {}, moves)
-            points.append(Point(label, recipe, marks, overrides, method_loc or ("merge_method",)))
+        kind, seeded_params = _seed_targets(method, registry)
+        for setting, grid_moves in _grid_settings(sweep, method_loc):
+            name = " ".join([label, *(f"{k.split('.', 1)[1]}={v}" for k, v in setting.items())])
+            for preference, pref_loc in _preferences(sweep):
+                for seed, seed_loc in seeds:
+                    recipe = {"merge_method": method["merge_method"], **shared}
+                    recipe.update({k: dict(method[k]) for k in ("parameters", "train") if k in method})
+                    for key, value in setting.items():
+                        section, field = key.split(".", 1)
+                        recipe.setdefault(section, {})[field] = value
+                    if preference is not None:  # floats: [1, 0] and [1.0, 0.0] are one point
+                        recipe["preference"] = [float(x) for x in preference]
+                    seeded = [] if seed is None else _seeded(recipe, seed, kind, seeded_params)
+                    moves = [((*method_loc, k), (k,)) for k in METHOD_KEYS] + grid_moves
+                    moves += [(pref_loc, ("preference",))]
+                    moves += [((k,), (k,)) for k in shared]
+                    marks = _moved(sweep.marks, moves)
+                    marks[()] = sweep.marks.get((), (1, 1))
+                    marks.update({t: sweep.marks[seed_loc] for t in seeded if seed_loc in sweep.marks})
+                    overrides = _moved(sweep.overrides or {}, moves)
+                    points.append(Point(name, recipe, marks, overrides,
+                                        method_loc or ("merge_method",), seed, setting or None,
+                                        label))
     return points
+
+
+def _grid_settings(sweep: LoadedRecipe, method_loc: tuple) -> list[tuple[dict[str, Any], list]]:
+    """Each combination of a method entry's `grid:` values ({} without one), with the moves that
+    put each value's location in the sweep file where the point recipe has it."""
+    import itertools
+
+    if not method_loc:
+        return [({}, [])]
+    grid = sweep.data["methods"][method_loc[1]].get("grid") or {}
+    keys = list(grid)
+    out = []
+    for choice in itertools.product(*(range(len(grid[k])) for k in keys)):
+        setting = {k: grid[k][j] for k, j in zip(keys, choice)}
+        moves = [((*method_loc, "grid", k, j), tuple(k.split(".", 1))) for k, j in zip(keys, choice)]
+        out.append((setting, moves))
+    return out
+
+
+def _seed_targets(method: dict[str, Any], registry) -> tuple[str | None, bool]:
+    """(the method's kind, whether it declares a `random_seed` parameter), from the registry."""
+    if registry is None:
+        return None, False
+    try:
+        found = registry.get(method["merge_method"]).method
+    except PrefkitError:  # unknown: check() says so, located
+        return None, False
+    return found.kind, "random_seed" in getattr(found.Params, "model_fields", {})
+
+
+def _seeded(recipe: dict[str, Any], seed: int, kind: str | None, random_params: bool) -> list[tuple]:
+    """Write the point's seed into its recipe; returns where it went (key paths)."""
+    targets = [("evaluate", "seed")]
+    if kind in ("trainer", "solver") or (kind is None and "train" in recipe):
+        targets.append(("train", "seed"))
+    elif random_params:
+        targets.append(("parameters", "random_seed"))
+    for section, field in targets:
+        recipe[section] = {**(recipe.get(section) or {}), field: seed}
+    return targets
 
 
 def check_sweep(sweep: LoadedRecipe, registry) -> list[Point]:
@@ -152,7 +212,8 @@ def check_sweep(sweep: LoadedRecipe, registry) -> list[Point]:
             errors.append(sweep.error(("methods", i), f"methods[{i}] has the same label {label!r} "
                                       f"as methods[{seen[label]}]", "give each a distinct name:"))
         seen.setdefault(label, i)
-    points = expand(sweep)
+    errors += _axis_conflicts(sweep)
+    points = expand(sweep, registry)
     messages = {str(e) for e in errors}
     for point in points:
         try:
@@ -167,6 +228,28 @@ def check_sweep(sweep: LoadedRecipe, registry) -> list[Point]:
     if errors:
         raise errors[0] if len(errors) == 1 else RecipeErrors(errors)
     return points
+
+
+def _axis_conflicts(sweep: LoadedRecipe) -> list[PrefkitError]:
+    """A setting given both as a value and by an axis (`grid:`, `seeds:`): which one counts
+    would be a guess, so it is an error at the value."""
+    data, errors = sweep.data, []
+    entries = [(("methods", i), e) for i, e in enumerate(data.get("methods") or [])] or [((), data)]
+    for loc, entry in entries:
+        for key in entry.get("grid") or {}:
+            section, field = key.split(".", 1)
+            if field in (entry.get(section) or {}):
+                errors.append(sweep.error((*loc, section, field), f"{key} is given here and in "
+                                          "grid:", "keep one of them"))
+        if sweep.recipe.seeds is not None:
+            for section, field in (("train", "seed"), ("parameters", "random_seed")):
+                if field in (entry.get(section) or {}):
+                    errors.append(sweep.error((*loc, section, field), f"{section}.{field} and "
+                                              "seeds: both given", "seeds: sets it for each point"))
+    if sweep.recipe.seeds is not None and "seed" in (data.get("evaluate") or {}):
+        errors.append(sweep.error(("evaluate", "seed"), "evaluate.seed and seeds: both given",
+                                  "seeds: sets it for each point (the test subset it draws)"))
+    return errors
 
 
 def check_plain(loaded: LoadedRecipe) -> None:
@@ -222,7 +305,10 @@ def eval_key(key: str, point: Point) -> str:
 
 
 def folder_name(point: Point, key: str) -> str:
-    return f"{_SLUG.sub('_', point.recipe['merge_method'])}_{key[:12]}"
+    """`<method>_<model key>`, and `_s<seed>` with seeds: (a deterministic merge has one model
+    key for every seed, but each seed's score has its own test subset and record)."""
+    seed = "" if point.seed is None else f"_s{point.seed}"
+    return f"{_SLUG.sub('_', point.recipe['merge_method'])}_{key[:12]}{seed}"
 
 
 def standalone(point: Point, sweep: LoadedRecipe, output: Path) -> dict[str, Any]:

@@ -139,6 +139,7 @@ def _prepare(point: Point, loaded, out: Path, fingerprints: dict[str, str], forc
     if not recipe_file.is_file() or recipe_file.read_text(encoding="utf-8") != text:
         write_atomic(recipe_file, text)
     record = {"point": folder.name, "key": key, "eval_key": ekey, "label": point.label,
+              "family": point.family or point.label, "grid": point.grid, "seed": point.seed,
               "merge_method": point.recipe["merge_method"],
               "parameters": point.recipe.get("parameters"), "train": point.recipe.get("train"),
               "preference": point.preference, "tasks": [m["task"] for m in point.recipe["models"]],

@@ -66,12 +66,14 @@ def read_results(path: Path) -> list[dict[str, Any]]:
 
 
 def latest(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The last record of each point (by model key): later runs supersede earlier ones."""
+    """The last record of each point, by its folder name (model key, and seed with seeds: a
+    deterministic merge has one model key for every seed): later runs supersede earlier ones."""
     out: dict[str, dict[str, Any]] = {}
     for record in records:
         if "key" in record:
-            out.pop(record["key"], None)  # keep file order of the latest records
-            out[record["key"]] = record
+            point = str(record.get("point") or record["key"])
+            out.pop(point, None)  # keep file order of the latest records
+            out[point] = record
     return out
 
 

@@ -144,6 +144,8 @@ class Coefficients:
         import torch
 
         self.optimizer.zero_grad(set_to_none=True)
+        if not loss.requires_grad:  # every group is inert (all task vectors zero): λ stays
+            return
         loss.backward()
         self.optimizer.step()
         if self.clamp:

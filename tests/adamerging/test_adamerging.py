@@ -114,6 +114,15 @@ def test_clamp_projects_and_a_coefficient_at_a_bound_can_leave_it():
     assert path[-1] == pytest.approx(0.9, abs=0.02)
 
 
+def test_a_loss_no_coefficient_reaches_leaves_them_as_they_are():
+    """Every group inert (the fine-tuned bodies equal the base: all task vectors zero): the
+    objective does not depend on λ, so a step changes nothing (it used to raise in backward)."""
+    coefficients = Coefficients(2, 3, init=0.3, lr=0.5, clamp=True)
+    for _ in range(3):
+        coefficients.step(torch.tensor(0.7))  # an entropy computed without λ
+    assert torch.equal(coefficients.value.detach(), torch.full((2, 3), 0.3))
+
+
 def test_objectives_are_the_preference_scalarizations(tmp_path, registry, tuned):
     h = torch.tensor([0.5, 0.2], dtype=torch.float64)
     context = _context(tmp_path, registry, tuned, preference=(0.25, 0.75),

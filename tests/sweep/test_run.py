@@ -143,15 +143,18 @@ def test_evaluate_only_rescores_stored_models(finished, tmp_path, sweep_registry
 def test_keep_models_false_keeps_only_results(tmp_path, tiny_zoo, sweep_registry, counted):
     path = write_sweep(tmp_path, tiny_zoo, preferences="[[1, 3], [3, 1]]",
                        methods="  - {merge_method: linear}\n", extra="keep_models: false\n")
+    """An unkept tensor merge is merged and scored in memory (no run_recipe, no model folder
+    written: tests/sweep/test_fast_points.py shows the scores equal the on-disk path's)."""
     line = run_sweep(load_recipe(path), sweep_registry, options=IN_PROCESS)
-    assert line["ran"] == 2 and counted == {"merge": 2, "score": 2}
+    assert line["ran"] == 2 and counted == {"merge": 0, "score": 0}
     points = list((tmp_path / "out" / "points").iterdir())
     assert len(points) == 2
     for point in points:
-        assert sorted(p.name for p in point.iterdir()) == ["recipe.yaml", "result.json"]
+        assert sorted(p.name for p in point.iterdir()) == ["examples.npz", "recipe.yaml",
+                                                           "result.json"]
         assert json.loads((point / "result.json").read_text())["model"] is None
     line = run_sweep(load_recipe(path), sweep_registry, options=IN_PROCESS)
-    assert line["cached"] == 2 and counted == {"merge": 2, "score": 2}
+    assert line["cached"] == 2 and counted == {"merge": 0, "score": 0}
 
 
 def test_force_runs_every_point_again(finished, tmp_path, sweep_registry, counted):
