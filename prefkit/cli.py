@@ -69,13 +69,13 @@ class _PrefkitGroup(click.Group):
         try:
             return super().invoke(ctx)
         except PrefkitError as exc:
-            if ctx.params.get("traceback") or os.environ.get("PREFKIT_DEBUG") == "1":
+            if _debug(ctx):
                 raise
             report_error(exc)
             ctx.exit(int(exc.exit_code))
         except KeyboardInterrupt as exc:  # the merge in progress has removed its partial output
             # (Ctrl-C, or SIGTERM/SIGHUP: `prefkit.io.interrupts.Terminated`)
-            if ctx.params.get("traceback") or os.environ.get("PREFKIT_DEBUG") == "1":
+            if _debug(ctx):
                 raise
             from prefkit.io.interrupts import Terminated
 
@@ -84,13 +84,18 @@ class _PrefkitGroup(click.Group):
             echo_err(f"Error: {what}; nothing half-written was left behind")
             ctx.exit(int(code))
         except OSError as exc:  # out of file descriptors where no reader or writer said it
-            if exc.errno not in (errno.EMFILE, errno.ENFILE) or ctx.params.get("traceback"):
+            if exc.errno not in (errno.EMFILE, errno.ENFILE) or _debug(ctx):
                 raise
             from prefkit.io.jsonfile import FD_HINT
 
             where = f"{exc.filename}: " if exc.filename else ""
             echo_err(f"Error: {where}too many open files ({FD_HINT})")
             ctx.exit(int(ExitCode.MERGE_FAILED))
+
+
+def _debug(ctx: click.Context) -> bool:
+    """Errors raised with their traceback: --traceback or PREFKIT_DEBUG=1."""
+    return bool(ctx.params.get("traceback")) or os.environ.get("PREFKIT_DEBUG") == "1"
 
 
 def main(argv: list[str] | None = None) -> None:

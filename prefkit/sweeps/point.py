@@ -15,6 +15,7 @@ trainer's summary, None for merges).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -26,10 +27,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefkit.errors import PrefkitError
 from prefkit.sweeps.store import write_atomic
+
+if TYPE_CHECKING:
+    from prefkit.sweeps.worker import PointScores
 
 EXAMPLES = "examples.npz"
 
@@ -114,21 +118,7 @@ def run_point(job: PointJob, registry=None, session=None) -> dict[str, Any]:
     return record
 
 
-@dataclass
-class _Outcome:
-    results: dict[str, Any]
-    merged: bool
-    examples: dict[str, dict[str, Any]] | None
-    merge_s: float
-    eval_s: float
-    device: str
-    learned: dict[str, Any] | None = None  # the run line's solver or training summary
-    train_s: float = 0.0
-    train_cached: bool = False
-    train_examples: int = 0
-
-
-def _scored(job: PointJob, registry, session) -> _Outcome:
+def _scored(job: PointJob, registry, session) -> PointScores:
     """The point's scores. A complete model folder (the executor renames it into place only
     when whole) is re-scored, not merged again, unless forced; an unkept tensor merge is
     merged and scored in memory."""
@@ -145,19 +135,14 @@ def _scored(job: PointJob, registry, session) -> _Outcome:
     rescore = stored and (job.evaluate_only or not job.force)
     if not (rescore or job.keep_model or worker.on_disk_forced()):
         kept = session or worker.current()
-        own = worker.EvalSession() if kept is None else None
-        try:
-            scored = worker.in_memory(loaded, registry, model, kept or own)
-        finally:
-            if own is not None:
-                own.close()
+        with contextlib.nullcontext(kept) if kept is not None else worker.keeping() as use:
+            scored = worker.in_memory(loaded, registry, model, use)
         if scored is not None:
-            return _Outcome(scored.results, True, scored.examples, scored.merge_s,
-                            scored.eval_s, scored.device)
+            return scored
     return _on_disk(loaded, registry, model, rescore)
 
 
-def _on_disk(loaded, registry, model: Path, rescore: bool) -> _Outcome:
+def _on_disk(loaded, registry, model: Path, rescore: bool) -> PointScores:
     """`prefkit run`'s way (or re-scoring the stored model), its evaluation's per-example
     arrays collected as it runs."""
     from prefkit import runner
@@ -178,7 +163,9 @@ def _on_disk(loaded, registry, model: Path, rescore: bool) -> _Outcome:
     eval_s = sum(e.seconds for e in evals)
     spec = loaded.recipe.evaluate
     device = evals[-1].device if evals else resolve_device(spec.device if spec else "auto")
-    out = _Outcome(results, not rescore, examples, 0.0, eval_s, device, learned)
+    from prefkit.sweeps.worker import PointScores
+
+    out = PointScores(results, examples, 0.0, eval_s, device, not rescore, learned)
     if learned is not None:
         out.train_s = float(learned.get("seconds") or 0.0)
         out.train_cached = rescore or bool(learned.get("cached"))
@@ -196,16 +183,15 @@ def _stored_learned(model: Path) -> dict[str, Any] | None:
 
 def _train_examples(loaded, registry, learned: dict[str, Any]) -> int:
     """Examples drawn in training or solving: every step takes a batch from every task."""
-    try:
-        method = registry.get(loaded.recipe.merge_method).method
-        batch = method.Settings.model_validate(loaded.recipe.train or {}).batch_size
-    except Exception:  # a method without batches
+    method = registry.get(loaded.recipe.merge_method).method
+    batch = getattr(method.Settings.model_validate(loaded.recipe.train or {}), "batch_size", None)
+    if batch is None:  # a method without batches
         return 0
     tasks = learned.get("tasks") or [m.task for m in loaded.recipe.models]
     return int(learned.get("steps") or 0) * int(batch) * len(tasks)
 
 
-def _cost(o: _Outcome, wall: float, cpu: float) -> dict[str, Any]:
+def _cost(o: PointScores, wall: float, cpu: float) -> dict[str, Any]:
     import torch
 
     return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "merge_s": round(o.merge_s, 3),

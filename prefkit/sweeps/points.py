@@ -111,35 +111,33 @@ def expand(sweep: LoadedRecipe, registry=None) -> list[Point]:
     """Every point of a sweep: methods outermost (in file order), then grid settings, then
     preferences, then seeds. `registry` says where a seed goes (see the module docstring);
     without it, only into `evaluate` and a `train:` the method entry gives."""
+    import itertools
+
     data = sweep.data
     shared = {k: v for k, v in data.items()
               if k not in (*SWEEP_KEYS, *METHOD_KEYS, "preference", "output")}
     seeds = [(seed, ("seeds", k)) for k, seed in enumerate(sweep.recipe.seeds or [])] or [(None, ())]
     points = []
     for label, (method, method_loc) in zip(labels(sweep), _method_entries(sweep)):
-        kind, seeded_params = _seed_targets(method, registry)
-        for setting, grid_moves in _grid_settings(sweep, method_loc):
+        targets = _seed_targets(method, registry)
+        for (setting, grid_moves), (preference, pref_loc), (seed, seed_loc) in itertools.product(
+                _grid_settings(sweep, method_loc), _preferences(sweep), seeds):
+            recipe = {"merge_method": method["merge_method"], **shared}
+            recipe.update({k: dict(method[k]) for k in ("parameters", "train") if k in method})
+            for key, value in setting.items():
+                section, field = key.split(".", 1)
+                recipe.setdefault(section, {})[field] = value
+            if preference is not None:  # floats: [1, 0] and [1.0, 0.0] are one point (one key)
+                recipe["preference"] = [float(x) for x in preference]
+            seeded = [] if seed is None else _seeded(recipe, seed, *targets)
+            moves = [((*method_loc, k), (k,)) for k in METHOD_KEYS] + grid_moves
+            moves += [(pref_loc, ("preference",))] + [((k,), (k,)) for k in shared]
+            marks = _moved(sweep.marks, moves)
+            marks[()] = sweep.marks.get((), (1, 1))
+            marks.update({t: sweep.marks[seed_loc] for t in seeded if seed_loc in sweep.marks})
             name = " ".join([label, *(f"{k.split('.', 1)[1]}={v}" for k, v in setting.items())])
-            for preference, pref_loc in _preferences(sweep):
-                for seed, seed_loc in seeds:
-                    recipe = {"merge_method": method["merge_method"], **shared}
-                    recipe.update({k: dict(method[k]) for k in ("parameters", "train") if k in method})
-                    for key, value in setting.items():
-                        section, field = key.split(".", 1)
-                        recipe.setdefault(section, {})[field] = value
-                    if preference is not None:  # floats: [1, 0] and [1.0, 0.0] are one point
-                        recipe["preference"] = [float(x) for x in preference]
-                    seeded = [] if seed is None else _seeded(recipe, seed, kind, seeded_params)
-                    moves = [((*method_loc, k), (k,)) for k in METHOD_KEYS] + grid_moves
-                    moves += [(pref_loc, ("preference",))]
-                    moves += [((k,), (k,)) for k in shared]
-                    marks = _moved(sweep.marks, moves)
-                    marks[()] = sweep.marks.get((), (1, 1))
-                    marks.update({t: sweep.marks[seed_loc] for t in seeded if seed_loc in sweep.marks})
-                    overrides = _moved(sweep.overrides or {}, moves)
-                    points.append(Point(name, recipe, marks, overrides,
-                                        method_loc or ("merge_method",), seed, setting or None,
-                                        label))
+            points.append(Point(name, recipe, marks, _moved(sweep.overrides or {}, moves),
+                                method_loc or ("merge_method",), seed, setting or None, label))
     return points
 
 

@@ -56,25 +56,32 @@ def on_disk_forced() -> bool:
 
 
 @dataclass
-class Scored:
-    """A point's scores: per-task results and per-example arrays, and where the time went."""
+class PointScores:
+    """A point's scores, in memory or on disk: per-task results and per-example arrays, whether
+    a merge ran, where the time went, and what training or solving produced the model."""
 
     results: dict[str, Any]
     examples: dict[str, dict[str, Any]] | None
     merge_s: float
     eval_s: float
     device: str
+    merged: bool = True
+    learned: dict[str, Any] | None = None  # the run line's solver or training summary
+    train_s: float = 0.0
+    train_cached: bool = False
+    train_examples: int = 0
 
 
-def in_memory(loaded, registry, model_dir: Path, session: EvalSession) -> Scored | None:
+def in_memory(loaded, registry, model_dir: Path, session: EvalSession) -> PointScores | None:
     """Merge and score the point in memory; None when it must go the on-disk way (nothing has
     been merged then)."""
     from prefkit.recipe.resolve import resolve
 
+    if registry.get(loaded.recipe.merge_method).method.kind != "tensor":
+        return None  # trainers and solvers: not planned here only to be planned again
     started = time.perf_counter()
     plan = resolve(loaded, registry, model_dir, allow_pickle=False)
-    if (plan.method.method.kind != "tensor" or plan.evaluate is None
-            or plan.tokenizer_source is None or plan.out_config is None):
+    if plan.evaluate is None or plan.tokenizer_source is None or plan.out_config is None:
         return None
     dtype = _load_dtype(plan)
     if dtype is None:
@@ -96,7 +103,7 @@ def in_memory(loaded, registry, model_dir: Path, session: EvalSession) -> Scored
     model.load_state_dict(tensors, strict=True)
     del tensors
     results, examples = _score(plan, registry, session, tokenizer, model, settings)
-    return Scored(results, examples, merged - started, time.perf_counter() - merged, device)
+    return PointScores(results, examples, merged - started, time.perf_counter() - merged, device)
 
 
 def _merge(plan) -> dict[str, Any]:
